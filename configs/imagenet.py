@@ -1,0 +1,189 @@
+"""The paper's Perceiver (FF) on 224x224 ImageNet, with its training recipe (Jaegle et al. 2021).
+
+Model: 512 x 1024 latents, 8 cross-attends (1 head, q/k/v at the input's 261 channels) each followed by a
+6-block latent Transformer (8 heads), first cross-attend unshared, the rest and all latent Transformers
+shared: 44.9M parameters, 707.2 GFLOPs per image. Recipe: LAMB at 0.004 for 120 epochs, divided by 10 at
+epochs 84, 102 and 114; weight decay 0.1 off biases and norms, clipping at global norm 10 and label
+smoothing 0.1 (from the official Perceiver IO code; the paper gives none of them), batch 1024 (not in the
+paper either; our choice, 8 per TPU core on 64 v3 chips x 2 cores).
+
+Variants (comma-separated): `unshared`, `learned_pos`, `permuted` (one fixed permutation),
+`permuted_random` (a fresh one per example), `cross_attends_at_start`, `cross_attends_only`, `runlocal`
+(a tiny model and batch, a few steps: the same code path on a laptop CPU), and key=value overrides such
+as `num_cross_attends=4`.
+"""
+
+import ml_collections
+
+from perceiver_jax import config_args
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model_name = "perceiver"
+  c.model = dict(
+      num_classes=1000,
+      num_latents=512,
+      latent_channels=1024,
+      num_latent_transformers=8,
+      num_cross_attends=8,
+      num_self_attends_per_block=6,
+      num_cross_heads=1,
+      num_self_heads=8,
+      cross_qk_channels=None,  # None: the input's channels (261), as in the paper.
+      widening_factor=1,
+      dropout_rate=0.0,
+      share_cross_attends=True,
+      share_latent_transformers=True,
+      cross_attend_layout="interleaved",
+  )
+  c.input = dict(
+      position_encoding="fourier",
+      num_bands=64,
+      max_resolution=224,
+      learned_pos_channels=128,
+      permutation="none",
+      permutation_seed=0,
+  )
+  c.dataset = dict(
+      name="imagenet2012",
+      data_dir=None,
+      image_size=224,
+      num_channels=3,
+      num_classes=1000,
+      train_split="train",
+      eval_split="validation",
+      num_train_examples=IMAGENET_TRAIN_EXAMPLES,
+  )
+  c.augment = dict(
+      crop_area=(0.08, 1.0),
+      crop_aspect=(3 / 4, 4 / 3),
+      flip=True,
+      randaugment_layers=2,
+      randaugment_magnitude=15,
+      mixup_alpha=0.0,
+      cutmix_alpha=0.0,
+      eval_crop_fraction=224 / 256,
+  )
+  c.optimizer = dict(
+      name="lamb",
+      learning_rate=0.004,
+      schedule="step",
+      warmup_steps=0,
+      decay_epochs=(84, 102, 114),
+      decay_factor=0.1,
+      weight_decay=0.1,
+      clip_global_norm=10.0,
+      b1=0.9,
+      b2=0.999,
+  )
+  c.train = dict(
+      global_batch_size=1024,
+      num_steps=None,
+      num_epochs=120,
+      label_smoothing=0.1,
+      log_every=100,
+      eval_every=5000,
+      eval_batch_size=1024,
+  )
+  c.checkpoint = dict(every=2000, keep=3)
+  c.precision = "float32"
+  c = ml_collections.ConfigDict(c)
+
+  def unshared(c):
+    c.model.share_cross_attends = False
+    c.model.share_latent_transformers = False
+
+  def learned_pos(c):
+    # Table 2: a learned 128-channel position encoding, with a single cross-attend (8 were unstable).
+    c.input.position_encoding = "learned"
+    c.model.num_cross_attends = 1
+
+  def cross_attends_only(c):
+    c.model.num_self_attends_per_block = 0
+
+  def runlocal(c):
+    c.model.update(num_latents=16, latent_channels=32, num_cross_attends=2, num_latent_transformers=2,
+                   num_self_attends_per_block=1,
+                   num_self_heads=2)
+    c.input.num_bands = 4
+    c.dataset.image_size = 32
+    c.input.max_resolution = 32
+    c.dataset.num_train_examples = None  # From the builder's metadata.
+    c.augment.randaugment_layers = 1
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-3
+    c.train.update(global_batch_size=8, num_steps=6, num_epochs=None, log_every=2, eval_every=6,
+                   eval_batch_size=8)
+    c.checkpoint.every = 3
+
+  variants = {
+      "unshared": unshared,
+      "learned_pos": learned_pos,
+      "permuted": lambda c: setattr(c.input, "permutation", "fixed"),
+      "permuted_random": lambda c: setattr(c.input, "permutation", "random"),
+      "cross_attends_at_start": lambda c: setattr(c.model, "cross_attend_layout", "start"),
+      "cross_attends_only": cross_attends_only,
+      "runlocal": runlocal,
+  }
+  return config_args.apply_arg(c, arg, _with_baselines(variants, arg))
+
+
+def _with_baselines(variants: dict, arg: str | None) -> dict:
+  """Adds the Table 1/2 baselines as variant words: `resnet50`, `vit_b16`, `transformer64`.
+
+  Each sets `model_name` and replaces `model` wholesale with the baseline's constructor arguments; the
+  recipe (optimizer, schedule, augmentation) stays the Perceiver's, as the paper states no other. With
+  `runlocal` among the words the baselines are tiny, whatever the order of the words: `runlocal` re-applies
+  the baseline after shrinking the rest, since its own model changes are the Perceiver's.
+  """
+  local = "runlocal" in config_args.parse_arg(arg)[0]
+
+  def resnet50(c):
+    c.model_name = "resnet50"
+    size = (
+        dict(blocks_per_group=(1, 1, 1, 1), channels_per_group=(8, 16, 32, 64), bottleneck=False,
+             initial_channels=8, initial_kernel_shape=3, initial_stride=1)
+        if local
+        else dict(blocks_per_group=(3, 4, 6, 3), channels_per_group=(256, 512, 1024, 2048), bottleneck=True,
+                  initial_channels=64, initial_kernel_shape=7, initial_stride=2)
+    )
+    c.model = ml_collections.ConfigDict(
+        dict(num_classes=c.dataset.num_classes, strides=(1, 2, 2, 2), bn_decay_rate=0.9, **size)
+    )
+
+  def vit_b16(c):
+    c.model_name = "vit"
+    size = (
+        dict(patch_size=8, width=32, num_layers=2, num_heads=2)
+        if local
+        else dict(patch_size=16, width=768, num_layers=12, num_heads=12)
+    )
+    c.model = ml_collections.ConfigDict(
+        dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, pool="token", **size)
+    )
+
+  def transformer64(c):
+    # The image resized to 64x64 (4,096 tokens); Fourier features of that grid with mu = 64, its Nyquist
+    # limit, as mu = 224 is for 224x224. Width 512, 12 layers: ~723 GFLOPs, the Perceiver's compute (see
+    # `baselines.Transformer`). runlocal: a 16x16 grid.
+    c.model_name = "transformer"
+    size = dict(width=32, num_layers=2, num_heads=2) if local else dict(width=512, num_layers=12, num_heads=8)
+    c.model = ml_collections.ConfigDict(
+        dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, **size)
+    )
+    c.input.resize_to = 16 if local else 64
+    c.input.max_resolution = c.input.resize_to
+
+  baselines = {"resnet50": resnet50, "vit_b16": vit_b16, "transformer64": transformer64}
+  by_model_name = {"resnet50": resnet50, "vit": vit_b16, "transformer": transformer64}
+
+  def runlocal(c):
+    variants["runlocal"](c)
+    if c.model_name in by_model_name:
+      by_model_name[c.model_name](c)
+
+  return {**variants, **baselines, "runlocal": runlocal}

@@ -1,0 +1,77 @@
+"""Parsing of the `--config=path.py:arg` argument shared by every config file.
+
+`arg` is a comma-separated list of variant words (`permuted,runlocal`) and `key=value` pairs
+(`num_cross_attends=4`, `model.latent_channels=256`). A bare key names the one config leaf with that
+name; a dotted key names a path. Anything unknown is a `ValueError` that lists what is known, so a
+typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
+  """Splits 'a,b,k=v' into (['a', 'b'], {'k': v}); values are Python literals or plain strings."""
+  words, overrides = [], {}
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    if "=" in item:
+      key, value = (s.strip() for s in item.split("=", 1))
+      try:
+        overrides[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        overrides[key] = value
+    else:
+      words.append(item)
+  return words, overrides
+
+
+def _leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  paths = []
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      paths += _leaf_paths(value, path + ".")
+    else:
+      paths.append(path)
+  return paths
+
+
+def set_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """Sets `config.<key>` where key is a dotted path or a unique leaf name."""
+  paths = _leaf_paths(config)
+  if key not in paths:
+    matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
+    if len(matches) != 1:
+      why = "is ambiguous between " + ", ".join(matches) if matches else "names no config field"
+      raise ValueError(f"Config override {key!r} {why}; use a dotted path such as model.{key}.")
+    key = matches[0]
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def apply_arg(
+  config: ml_collections.ConfigDict,
+  arg: str | None,
+  variants: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
+) -> ml_collections.ConfigDict:
+  """Applies the variant words in order, then the key=value overrides, to `config`."""
+  words, overrides = parse_arg(arg)
+  for word in words:
+    if word not in variants:
+      raise ValueError(f"Unknown config variant {word!r}; known variants: {', '.join(sorted(variants))}.")
+    variants[word](config)
+  for key, value in overrides.items():
+    set_path(config, key, value)
+  config.config_arg = arg or ""
+  return config

@@ -1,0 +1,55 @@
+"""From a config to a Haiku forward function: front end, then the model named by `config.model_name`.
+
+`make_model(config)` returns an `hk.TransformedWithState` of
+`forward(images [B, H, W, C], *, is_training, example_keys=None) -> logits [B, num_classes]`.
+The constructor of the model class receives `config.model` as keyword arguments; grid models (those with
+`takes_grid_shape = True`) also receive the front end's `grid_shape`.
+"""
+
+from __future__ import annotations
+
+import haiku as hk
+import ml_collections
+
+from perceiver_jax.perceiver import Perceiver
+from perceiver_jax.preprocess import ImageFrontEnd
+
+MODELS: dict[str, type[hk.Module]] = {"perceiver": Perceiver}
+
+
+def register_model(name: str, cls: type[hk.Module]) -> None:
+  MODELS[name] = cls
+
+
+def _model_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
+  # Baselines register themselves on import; importing here keeps this module the one entry point.
+  from perceiver_jax import baselines  # noqa: F401
+
+  if config.model_name not in MODELS:
+    raise ValueError(
+      f"model_name={config.model_name!r} is unknown; known models: {', '.join(sorted(MODELS))}."
+    )
+  return MODELS[config.model_name]
+
+
+def front_end(config: ml_collections.ConfigDict) -> ImageFrontEnd:
+  """The front end of `config`; only valid inside a Haiku transform."""
+  size = config.dataset.image_size
+  return ImageFrontEnd(image_shape=(size, size), name="front_end", **config.input.to_dict())
+
+
+def model_module(config: ml_collections.ConfigDict, grid_shape) -> hk.Module:
+  cls = _model_class(config)
+  kwargs = config.model.to_dict()
+  if getattr(cls, "takes_grid_shape", False):
+    kwargs["grid_shape"] = tuple(grid_shape)
+  return cls(**kwargs, name=config.model_name)
+
+
+def make_model(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
+  def forward(images, *, is_training: bool, example_keys=None):
+    frontend = front_end(config)
+    tokens = frontend(images, example_keys=example_keys)  # [B, M, C + P]
+    return model_module(config, frontend.grid_shape)(tokens, is_training=is_training)
+
+  return hk.transform_with_state(forward)

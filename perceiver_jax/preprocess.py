@@ -1,0 +1,114 @@
+"""The image front end: images [B, H, W, C] -> tokens [B, M, C + P], on device inside the model.
+
+Position features are those of the grid that is fed (the crop, as in the paper), concatenated to the
+pixel values, never added. A permutation, if any, comes after: every pixel keeps its own position
+features, so a model blind to token order (the Perceiver) gives the same answer.
+- `none`: pixels in raster order.
+- `fixed`: one permutation drawn from `permutation_seed` with numpy: the same for every image, in train
+  and eval, on every host and after a restart.
+- `random`: a fresh permutation per example, from that example's key (`example_keys`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver_jax import position_encoding as pe
+
+POSITION_ENCODINGS = ("fourier", "learned", "none")
+PERMUTATIONS = ("none", "fixed", "random")
+
+
+def fixed_permutation(num_tokens: int, seed: int) -> np.ndarray:
+  """The `fixed` permutation of `num_tokens` tokens: a pure function of the seed."""
+  return np.random.default_rng(seed).permutation(num_tokens)
+
+
+def random_permutations(example_keys, num_tokens: int):
+  """One permutation of `num_tokens` per example key: [B] keys -> int32 [B, M]."""
+  return jax.vmap(lambda key: jax.random.permutation(key, num_tokens))(example_keys)
+
+
+class ImageFrontEnd(hk.Module):
+  """Images [B, H, W, C] -> tokens [B, M, C + P] with M = H * W (or the resized grid's)."""
+
+  def __init__(
+    self,
+    image_shape: Sequence[int],
+    position_encoding: str = "fourier",
+    num_bands: int = 64,
+    max_resolution: int | Sequence[int] = 224,
+    learned_pos_channels: int = 128,
+    permutation: str = "none",
+    permutation_seed: int = 0,
+    resize_to: int | None = None,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    if position_encoding not in POSITION_ENCODINGS:
+      raise ValueError(f"input.position_encoding={position_encoding!r} must be one of {POSITION_ENCODINGS}.")
+    if permutation not in PERMUTATIONS:
+      raise ValueError(f"input.permutation={permutation!r} must be one of {PERMUTATIONS}.")
+    if resize_to is not None and resize_to <= 0:
+      raise ValueError(f"input.resize_to={resize_to} must be positive (or None).")
+    self.grid_shape = (resize_to, resize_to) if resize_to else tuple(image_shape)
+    if len(self.grid_shape) != 2 or min(self.grid_shape) <= 0:
+      raise ValueError(f"dataset.image_size gives grid {self.grid_shape}; it must be positive.")
+    self.position_encoding = position_encoding
+    self.num_bands = num_bands
+    self.max_resolution = max_resolution
+    self.learned_pos_channels = learned_pos_channels
+    self.permutation = permutation
+    self.permutation_seed = permutation_seed
+    self.resize_to = resize_to
+    self.num_tokens = int(np.prod(self.grid_shape))
+    if position_encoding == "fourier":
+      # Validates the band settings now, not at the first step.
+      pe.fourier_features(np.zeros((1, 2), np.float32), num_bands, max_resolution)
+
+  def num_position_channels(self) -> int:
+    if self.position_encoding == "fourier":
+      return pe.num_fourier_channels(2, self.num_bands)
+    return self.learned_pos_channels if self.position_encoding == "learned" else 0
+
+  def position_features(self):
+    """[M, P] position features in raster order (no permutation)."""
+    if self.position_encoding == "fourier":
+      positions = pe.grid_positions(self.grid_shape).reshape(self.num_tokens, 2)
+      return pe.fourier_features(positions, self.num_bands, self.max_resolution)
+    if self.position_encoding == "learned":
+      return pe.LearnedPositionEncoding(self.num_tokens, self.learned_pos_channels, name="position")()
+    return jnp.zeros((self.num_tokens, 0), jnp.float32)
+
+  def permutations(self, batch_size: int, example_keys=None):
+    """int32 [B, M] token order per example, or None for raster order."""
+    if self.permutation == "none":
+      return None
+    if self.permutation == "fixed":
+      perm = fixed_permutation(self.num_tokens, self.permutation_seed)
+      return jnp.broadcast_to(jnp.asarray(perm, jnp.int32), (batch_size, self.num_tokens))
+    if example_keys is None:
+      raise ValueError("input.permutation='random' needs example_keys, one key per example.")
+    return random_permutations(example_keys, self.num_tokens)
+
+  def __call__(self, images, *, example_keys=None):
+    """images [B, H, W, C], example_keys [B] (for `random`) -> tokens [B, M, C + P]."""
+    if images.ndim != 4:
+      raise ValueError(f"Images must be [B, H, W, C]; got shape {images.shape}.")
+    b, c = images.shape[0], images.shape[-1]
+    if self.resize_to:
+      images = jax.image.resize(images, (b, *self.grid_shape, c), method="bilinear")
+    elif images.shape[1:3] != self.grid_shape:
+      raise ValueError(f"Images are {images.shape[1:3]} but dataset.image_size says {self.grid_shape}.")
+    pixels = images.reshape(b, self.num_tokens, c)  # [B, M, C]
+    pos = self.position_features().astype(pixels.dtype)  # [M, P]
+    tokens = jnp.concatenate([pixels, jnp.broadcast_to(pos, (b, *pos.shape))], axis=-1)
+    perm = self.permutations(b, example_keys)
+    if perm is not None:
+      tokens = jnp.take_along_axis(tokens, perm[..., None], axis=1)
+    return tokens  # [B, M, C + P]

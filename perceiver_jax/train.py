@@ -1,0 +1,347 @@
+"""Training and evaluation: the state, the per-device steps, and the loop.
+
+The steps are pure, pmap-style per-device functions (axis `parallel.AXIS`, gradients and metrics
+averaged with `lax.pmean`); `parallel.data_parallel` runs them on every device under `jax.jit`.
+Randomness at step s is a pure function of (seed, s), and per-example randomness (the `random` pixel
+permutation) of (seed, s, global example index), so results do not depend on how many devices share
+the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax import lax
+
+from perceiver_jax import data, models, optim, parallel
+from perceiver_jax.metric_writer import MetricWriter
+
+# Folded into a step's key to derive independent streams.
+_DROPOUT, _EXAMPLES, _EVAL = 1, 2, 3
+
+
+class TrainState(NamedTuple):
+  params: hk.Params
+  state: hk.State  # Haiku state, e.g. BatchNorm statistics of the ResNet baseline.
+  opt_state: optax.OptState
+  step: jax.Array  # int32 []
+  rng: jax.Array  # uint32 [2], the run's base key; never advanced, folded with the step instead.
+
+
+def example_keys(key, start, count):
+  """One key per example with global indices start .. start + count - 1: [count] keys."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
+
+
+def _local_example_start(first_global_index, local_batch):
+  return first_global_index + lax.axis_index(parallel.AXIS) * local_batch
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
+  """Mean softmax cross-entropy; labels are int [B] or soft [B, num_classes]."""
+  targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)  # [B]
+
+
+def top_k_correct(logits, labels, k: int):
+  """bool [B]: is the label among the k largest logits (ties broken by index, as lax.top_k does)."""
+  labels = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
+  _, top = lax.top_k(logits, k)
+  return jnp.any(top == labels[:, None], axis=-1)
+
+
+def init_state(config: ml_collections.ConfigDict, model: hk.TransformedWithState, optimizer) -> TrainState:
+  """Initial parameters from `config.seed`, identical on every process."""
+  size, channels = config.dataset.image_size, config.dataset.num_channels
+  images = jnp.zeros((1, size, size, channels), jnp.float32)
+  rng = jax.random.PRNGKey(config.seed)
+  init_key = jax.random.fold_in(rng, 0)
+  keys = example_keys(init_key, 0, 1)
+  params, state = model.init(init_key, images, is_training=True, example_keys=keys)
+  return TrainState(params, state, optimizer.init(params), jnp.zeros([], jnp.int32), rng)
+
+
+def train_step(
+  train_state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  model: hk.TransformedWithState,
+  optimizer: optax.GradientTransformation,
+  num_classes: int,
+  label_smoothing: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on this device's shard of the global batch (pmap-style, axis `batch`)."""
+  images, labels = batch["image"], batch["label"]  # [b, H, W, C], [b] or [b, K]
+  local = images.shape[0]
+  global_batch = local * lax.psum(1, parallel.AXIS)
+  step_key = jax.random.fold_in(train_state.rng, train_state.step)
+  keys = example_keys(
+    jax.random.fold_in(step_key, _EXAMPLES),
+    _local_example_start(train_state.step * global_batch, local),
+    local,
+  )
+  dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, _DROPOUT), lax.axis_index(parallel.AXIS))
+
+  def loss_fn(params):
+    logits, new_state = model.apply(
+      params, train_state.state, dropout_key, images, is_training=True, example_keys=keys
+    )
+    loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
+    return loss, (logits, new_state)
+
+  (loss, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_state.params)
+  # Every device holds an equal share, so the mean of per-device means is the global mean.
+  grads = lax.pmean(grads, parallel.AXIS)
+  new_state = lax.pmean(new_state, parallel.AXIS)
+  updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
+  params = optax.apply_updates(train_state.params, updates)
+  metrics = {
+    "loss": loss,
+    "top1": jnp.mean(top_k_correct(logits, labels, 1)),
+    "grad_norm": optax.global_norm(grads),
+  }
+  metrics = lax.pmean(metrics, parallel.AXIS)
+  new = TrainState(params, new_state, opt_state, train_state.step + 1, train_state.rng)
+  return new, metrics
+
+
+def eval_step(
+  train_state: TrainState,
+  batch: dict[str, jax.Array],
+  batch_index: jax.Array,
+  *,
+  model: hk.TransformedWithState,
+  num_classes: int,
+) -> dict[str, jax.Array]:
+  """Sums over the real (unmasked) examples of one eval batch, across all devices."""
+  images, labels, mask = batch["image"], batch["label"], batch["mask"]
+  local = images.shape[0]
+  global_batch = local * lax.psum(1, parallel.AXIS)
+  keys = example_keys(
+    jax.random.fold_in(train_state.rng, _EVAL),
+    _local_example_start(batch_index * global_batch, local),
+    local,
+  )
+  logits, _ = model.apply(
+    train_state.params, train_state.state, None, images, is_training=False, example_keys=keys
+  )
+  weight = mask.astype(jnp.float32)
+  sums = {
+    "loss": jnp.sum(cross_entropy(logits, labels, num_classes, 0.0) * weight),
+    "top1": jnp.sum(top_k_correct(logits, labels, 1) * weight),
+    "top5": jnp.sum(top_k_correct(logits, labels, min(5, num_classes)) * weight),
+    "count": jnp.sum(weight),
+  }
+  return lax.psum(sums, parallel.AXIS)
+
+
+class Trainer:
+  """The compiled steps of one config on one mesh; what the loop, evaluation and tools share."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None, total_steps: int | None = None):
+    validate_config(config)
+    self.config = config
+    self.mesh = mesh or parallel.make_mesh()
+    for name in ("global_batch_size", "eval_batch_size"):
+      if config.train[name] % self.mesh.size:
+        raise ValueError(
+          f"train.{name}={config.train[name]} must be a multiple of the {self.mesh.size} devices."
+        )
+    self.model = models.make_model(config)
+    self.steps_per_epoch, self.total_steps = (
+      schedule_length(config) if total_steps is None else (1, total_steps)
+    )
+    self.optimizer, self.schedule = optim.make_optimizer(config, self.steps_per_epoch, self.total_steps)
+    num_classes = config.dataset.num_classes
+    rep, shard = parallel.REPLICATED, parallel.SHARDED
+    self.train_step = parallel.data_parallel(
+      functools.partial(
+        train_step,
+        model=self.model,
+        optimizer=self.optimizer,
+        num_classes=num_classes,
+        label_smoothing=config.train.label_smoothing,
+      ),
+      self.mesh,
+      in_specs=(rep, shard),
+      out_specs=(rep, rep),
+      donate_argnums=(0,),
+    )
+    self.eval_step = parallel.data_parallel(
+      functools.partial(eval_step, model=self.model, num_classes=num_classes),
+      self.mesh,
+      in_specs=(rep, shard, rep),
+      out_specs=rep,
+    )
+
+  def init(self) -> TrainState:
+    init = jax.jit(
+      functools.partial(init_state, self.config, self.model, self.optimizer),
+      out_shardings=parallel.replicated(self.mesh),
+    )
+    return init()
+
+  def evaluate(self, train_state: TrainState) -> dict[str, float]:
+    """top1, top5 and loss over the whole eval split, every example counted exactly once."""
+    totals = None
+    for index, batch in enumerate(parallel.prefetch(data.eval_batches(self.config), self.mesh)):
+      sums = self.eval_step(train_state, batch, jnp.int32(index))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+      raise ValueError("The eval split is empty; check dataset.eval_split.")
+    totals = jax.device_get(totals)
+    count = float(totals["count"])
+    return {
+      "top1": float(totals["top1"]) / count,
+      "top5": float(totals["top5"]) / count,
+      "loss": float(totals["loss"]) / count,
+      "count": int(count),
+    }
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields the loop relies on; model fields are checked by the modules themselves."""
+  t = config.train
+  for name in ("global_batch_size", "eval_batch_size", "log_every", "eval_every"):
+    if not isinstance(t[name], int) or t[name] <= 0:
+      raise ValueError(f"train.{name}={t[name]!r} must be a positive integer.")
+  if (t.num_steps is None) == (t.get("num_epochs") is None):
+    raise ValueError(f"Set exactly one of train.num_steps={t.num_steps} and train.num_epochs={t.num_epochs}.")
+  if t.num_steps is not None and (not isinstance(t.num_steps, int) or t.num_steps <= 0):
+    raise ValueError(f"train.num_steps={t.num_steps!r} must be a positive integer.")
+  if t.get("num_epochs") is not None and t.num_epochs <= 0:
+    raise ValueError(f"train.num_epochs={t.num_epochs!r} must be positive.")
+  if not 0.0 <= t.label_smoothing < 1.0:
+    raise ValueError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
+  if config.dataset.image_size <= 0 or config.dataset.num_channels <= 0:
+    raise ValueError(
+      f"dataset.image_size={config.dataset.image_size} and dataset.num_channels="
+      f"{config.dataset.num_channels} must be positive."
+    )
+  if config.precision not in ("float32", "bfloat16"):
+    raise ValueError(f"precision={config.precision!r} must be 'float32' or 'bfloat16'.")
+
+
+def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(steps per epoch, total steps) of the run."""
+  t = config.train
+  examples = config.dataset.get("num_train_examples") or data.num_examples(config, "train")
+  steps_per_epoch = max(1, math.ceil(examples / t.global_batch_size))
+  total = t.num_steps if t.num_steps is not None else int(round(t.num_epochs * steps_per_epoch))
+  return steps_per_epoch, total
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+def _write_json(path: str, value: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` and writes config.json, metrics.jsonl, TensorBoard and results.json."""
+  trainer = Trainer(config)
+  is_lead = jax.process_index() == 0
+  if is_lead:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  writer = MetricWriter(workdir)
+  t = config.train
+  total = trainer.total_steps
+  logging.info(
+    "Training %s on %s for %d steps (%d per epoch) on %d devices of %d processes.",
+    config.model_name,
+    config.dataset.name,
+    total,
+    trainer.steps_per_epoch,
+    jax.device_count(),
+    jax.process_count(),
+  )
+  train_state = trainer.init()
+  num_params = count_params(train_state.params)
+  logging.info("Parameters: %d", num_params)
+  start = int(jax.device_get(train_state.step))
+  batches = parallel.prefetch(data.train_batches(config, start_step=start), trainer.mesh)
+
+  pending, history = [], []
+  tick, tick_step, run_start = time.perf_counter(), start, time.perf_counter()
+  eval_metrics = None
+  for step in range(start + 1, total + 1):
+    train_state, metrics = trainer.train_step(train_state, next(batches))
+    pending.append(metrics)
+    if step % t.log_every == 0 or step == total:
+      means = {
+        k: float(np.mean(v))
+        for k, v in jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending)).items()
+      }
+      pending = []
+      if not math.isfinite(means["loss"]):
+        raise FloatingPointError(
+          f"Non-finite training loss {means['loss']} at step {step}; lower optimizer.learning_rate or "
+          "enable clipping (optimizer.clip_global_norm)."
+        )
+      now = time.perf_counter()
+      steps_per_s = (step - tick_step) / (now - tick)
+      tick, tick_step = now, step
+      scalars = {
+        "train_loss": means["loss"],
+        "train_top1": means["top1"],
+        "grad_norm": means["grad_norm"],
+        "learning_rate": float(trainer.schedule(step - 1)),
+        "images_per_s": steps_per_s * t.global_batch_size,
+      }
+      writer.write(step, scalars)
+      logging.info(
+        "step %d/%d loss %.4f top1 %.3f lr %.2e %.0f img/s, %.0f s left",
+        step,
+        total,
+        scalars["train_loss"],
+        scalars["train_top1"],
+        scalars["learning_rate"],
+        scalars["images_per_s"],
+        (total - step) / max(steps_per_s, 1e-9),
+      )
+    if step % t.eval_every == 0 or step == total:
+      eval_metrics = trainer.evaluate(train_state)
+      writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+      history.append({"step": step, **eval_metrics})
+      logging.info(
+        "eval at step %d: top1 %.4f top5 %.4f loss %.4f over %d examples",
+        step,
+        eval_metrics["top1"],
+        eval_metrics["top5"],
+        eval_metrics["loss"],
+        eval_metrics["count"],
+      )
+
+  if eval_metrics is None:  # Nothing left to train: evaluate what was restored.
+    eval_metrics = trainer.evaluate(train_state)
+  results = {
+    "eval": eval_metrics,
+    "step": int(jax.device_get(train_state.step)),
+    "params": num_params,
+    "train_seconds": time.perf_counter() - run_start,
+    "history": history,
+  }
+  if is_lead:
+    _write_json(os.path.join(workdir, "results.json"), results)
+  writer.close()
+  return results

@@ -1,0 +1,32 @@
+"""Install perceiver_jax: `pip install -e .` (runtime) or `pip install -e '.[test]'` (with test tools)."""
+
+import setuptools
+
+setuptools.setup(
+    # The PyPI name `perceiver-jax` belongs to an unrelated project; the import name stays perceiver_jax.
+    name="perceiver-haiku-reference",
+    version="0.1.0",
+    description="The Perceiver (Jaegle et al., ICML 2021) in JAX/Haiku: paper-exact configs, data-parallel training.",
+    packages=setuptools.find_packages(include=["perceiver_jax", "perceiver_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2",
+        "jaxlib>=0.10.2",
+        "dm-haiku>=0.0.17",
+        "optax>=0.2.8",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.5.1",
+        "numpy>=2.0",
+        "tensorflow-cpu>=2.21.0",
+        "tensorflow-datasets>=4.9.10",
+        # tf.summary needs it for the TensorBoard events; tensorflow-cpu does not bring it.
+        "tensorboard>=2.20",
+        # tensorflow-datasets 4.9.10 imports it to build datasets but does not declare it.
+        "importlib_resources>=6.0",
+        "jmp>=0.0.4",
+        "orbax-checkpoint>=0.12.8",
+        "scikit-learn>=1.9",
+        "matplotlib>=3.9",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"]},
+)
