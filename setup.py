@@ -27,6 +27,7 @@ setuptools.setup(
         "orbax-checkpoint>=0.12.8",
         "scikit-learn>=1.9",
         "matplotlib>=3.9",
+        "pillow>=10",
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"]},
 )

@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.dataset = dict(
     name="digits",
-    data_dir=None,
+    data_dir=ml_collections.config_dict.placeholder(str),
     image_size=8,
     num_channels=1,
     num_classes=10,

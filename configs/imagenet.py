@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.dataset = dict(
       name="imagenet2012",
-      data_dir=None,
+      data_dir=ml_collections.config_dict.placeholder(str),
       image_size=224,
       num_channels=3,
       num_classes=1000,

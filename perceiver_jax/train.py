@@ -103,8 +103,11 @@ def train_step(
     loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
     return loss, (logits, new_state)
 
-  (loss, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_state.params)
-  # Every device holds an equal share, so the mean of per-device means is the global mean.
+  # Differentiate with respect to per-device (varying) parameters: under shard_map the gradient of a
+  # replicated input would otherwise be summed over devices implicitly. This keeps the pmap contract:
+  # per-device gradients, averaged explicitly. With equal shards the mean of means is the global mean.
+  params = lax.pcast(train_state.params, parallel.AXIS, to="varying")
+  (loss, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   grads = lax.pmean(grads, parallel.AXIS)
   new_state = lax.pmean(new_state, parallel.AXIS)
   updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
@@ -112,7 +115,7 @@ def train_step(
   metrics = {
     "loss": loss,
     "top1": jnp.mean(top_k_correct(logits, labels, 1)),
-    "grad_norm": optax.global_norm(grads),
+    "grad_norm": optax.tree.norm(grads),
   }
   metrics = lax.pmean(metrics, parallel.AXIS)
   new = TrainState(params, new_state, opt_state, train_state.step + 1, train_state.rng)
