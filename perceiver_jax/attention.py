@@ -11,21 +11,23 @@ import jax
 import jax.numpy as jnp
 
 
-def dot_product_attention(q, k, v, mask=None):
+def dot_product_attention(q, k, v, mask=None, *, return_weights: bool = False):
   """Scaled dot-product attention, the one attention function of the codebase.
 
   Args:
     q: [B, N, H, Q]; k: [B, M, H, Q]; v: [B, M, H, V].
     mask: optional bool [B, M]; False keys get no weight.
+    return_weights: also return the attention weights [B, H, N, M].
 
   Returns:
-    [B, N, H, V].
+    [B, N, H, V], and the weights if asked.
   """
   logits = jnp.einsum("bnhq,bmhq->bhnm", q, k) * (q.shape[-1] ** -0.5)
   if mask is not None:
     logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
   weights = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("bhnm,bmhv->bnhv", weights, v)
+  out = jnp.einsum("bhnm,bmhv->bnhv", weights, v)
+  return (out, weights) if return_weights else out
 
 
 def _check_heads(name: str, channels: int, heads: int) -> None:
@@ -58,16 +60,20 @@ class MultiHeadAttention(hk.Module):
     self.v_channels = v_channels
     self.output_channels = output_channels
 
-  def __call__(self, queries, keys_values, mask=None):
-    """queries [B, N, D], keys_values [B, M, C], mask bool [B, M] -> [B, N, output_channels]."""
+  def __call__(self, queries, keys_values, mask=None, *, return_weights: bool = False):
+    """queries [B, N, D], keys_values [B, M, C], mask bool [B, M] -> [B, N, output_channels].
+
+    With `return_weights`, also the attention weights [B, H, N, M].
+    """
     h = self.num_heads
     q = hk.Linear(self.qk_channels, name="query")(queries)  # [B, N, H*Q]
     k = hk.Linear(self.qk_channels, name="key")(keys_values)  # [B, M, H*Q]
     v = hk.Linear(self.v_channels, name="value")(keys_values)  # [B, M, H*V]
     split = lambda x: x.reshape(*x.shape[:-1], h, x.shape[-1] // h)
-    out = dot_product_attention(split(q), split(k), split(v), mask)  # [B, N, H, V]
-    out = out.reshape(*out.shape[:-2], self.v_channels)
-    return hk.Linear(self.output_channels, name="output")(out)
+    out = dot_product_attention(split(q), split(k), split(v), mask, return_weights=return_weights)
+    out, weights = out if return_weights else (out, None)  # [B, N, H, V], [B, H, N, M]
+    out = hk.Linear(self.output_channels, name="output")(out.reshape(*out.shape[:-2], self.v_channels))
+    return (out, weights) if return_weights else out
 
 
 class MLP(hk.Module):
@@ -116,15 +122,21 @@ class CrossAttentionBlock(hk.Module):
     self.widening_factor = widening_factor
     self.dropout_rate = dropout_rate
 
-  def __call__(self, latents, inputs, *, input_mask=None, is_training: bool):
-    """latents [B, N, D], inputs [B, M, C], input_mask bool [B, M] -> [B, N, D]."""
+  def __call__(self, latents, inputs, *, input_mask=None, is_training: bool, return_weights: bool = False):
+    """latents [B, N, D], inputs [B, M, C], input_mask bool [B, M] -> [B, N, D].
+
+    With `return_weights`, also the attention weights [B, H, N, M].
+    """
     qk = self.qk_channels or inputs.shape[-1]
     v = self.v_channels or qk
     attend = MultiHeadAttention(self.num_heads, qk, v, latents.shape[-1], name="attention")
-    x = attend(layer_norm(latents, "query_norm"), layer_norm(inputs, "input_norm"), input_mask)
+    x, weights = attend(
+      layer_norm(latents, "query_norm"), layer_norm(inputs, "input_norm"), input_mask, return_weights=True
+    )
     latents = latents + _dropout(x, self.dropout_rate, is_training)
     mlp = MLP(self.widening_factor, self.dropout_rate, name="mlp")
-    return latents + mlp(layer_norm(latents, "mlp_norm"), is_training=is_training)
+    latents = latents + mlp(layer_norm(latents, "mlp_norm"), is_training=is_training)
+    return (latents, weights) if return_weights else latents
 
 
 class SelfAttentionBlock(hk.Module):

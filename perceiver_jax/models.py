@@ -1,7 +1,8 @@
 """From a config to a Haiku forward function: front end, then the model named by `config.model_name`.
 
 `make_model(config)` returns an `hk.TransformedWithState` of
-`forward(images [B, H, W, C], *, is_training, example_keys=None) -> logits [B, num_classes]`.
+`forward(images [B, H, W, C], *, is_training, example_keys=None) -> logits [B, num_classes]`;
+with `return_attention=True` (Perceiver only) it returns (logits, per-cross-attend weights [B, h, N, M]).
 The constructor of the model class receives `config.model` as keyword arguments; grid models (those with
 `takes_grid_shape = True`) also receive the front end's `grid_shape`.
 """
@@ -47,9 +48,12 @@ def model_module(config: ml_collections.ConfigDict, grid_shape) -> hk.Module:
 
 
 def make_model(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
-  def forward(images, *, is_training: bool, example_keys=None):
+  def forward(images, *, is_training: bool, example_keys=None, return_attention: bool = False):
     frontend = front_end(config)
     tokens = frontend(images, example_keys=example_keys)  # [B, M, C + P]
-    return model_module(config, frontend.grid_shape)(tokens, is_training=is_training)
+    model = model_module(config, frontend.grid_shape)
+    if return_attention:
+      return model(tokens, is_training=is_training, return_attention=True)
+    return model(tokens, is_training=is_training)
 
   return hk.transform_with_state(forward)

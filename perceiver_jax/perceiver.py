@@ -116,8 +116,12 @@ class Perceiver(hk.Module):
       for j in range(self.num_self_attends_per_block)
     ]
 
-  def __call__(self, tokens, *, input_mask=None, is_training: bool):
-    """tokens [B, M, C], input_mask bool [B, M] (True = real token) -> logits [B, num_classes]."""
+  def __call__(self, tokens, *, input_mask=None, is_training: bool, return_attention: bool = False):
+    """tokens [B, M, C], input_mask bool [B, M] (True = real token) -> logits [B, num_classes].
+
+    With `return_attention`, returns (logits, weights): weights[i] are the i-th cross-attend's attention
+    weights [B, heads, N, M] over the tokens in the order given. When not asked, nothing extra is kept.
+    """
     if tokens.ndim != 3:
       raise ValueError(f"Perceiver takes tokens [B, M, C]; got shape {tokens.shape}.")
     k, r = self.num_cross_attends, self.num_latent_transformers
@@ -136,8 +140,15 @@ class Perceiver(hk.Module):
     latents = hk.get_parameter("latents", [self.num_latents, self.latent_channels], init=init)
     latents = jnp.broadcast_to(latents.astype(tokens.dtype), (tokens.shape[0], *latents.shape))  # [B, N, D]
 
+    attention_weights = []
+
     def cross(i, x):
-      return cross_attends[i](x, tokens, input_mask=input_mask, is_training=is_training)
+      x, weights = cross_attends[i](
+        x, tokens, input_mask=input_mask, is_training=is_training, return_weights=True
+      )
+      if return_attention:
+        attention_weights.append(weights)
+      return x
 
     def transform(i, x):
       for block in transformers[i]:
@@ -158,4 +169,5 @@ class Perceiver(hk.Module):
 
     pooled = jnp.mean(latents, axis=1)  # [B, D]
     # Zero-initialised as in the official code: a random head at a high learning rate can blow up.
-    return hk.Linear(self.num_classes, w_init=hk.initializers.Constant(0.0), name="classifier")(pooled)
+    logits = hk.Linear(self.num_classes, w_init=hk.initializers.Constant(0.0), name="classifier")(pooled)
+    return (logits, attention_weights) if return_attention else logits
