@@ -425,3 +425,19 @@ def test_mixup_and_cutmix_mix_images_as_labels_say():
     mixed, soft = (t.numpy() for t in augment.mix_batch(images, labels, seed, 10, 0.0, 1.0))
     from_partner = np.all(mixed == partner, axis=-1) & ~np.all(mixed == images, axis=-1)  # [B, H, W]
     np.testing.assert_allclose(from_partner.mean(axis=(1, 2)), 1 - soft[labels, labels], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: the real trainer on the fake ImageNet.
+
+
+def test_train_and_evaluate_on_fake_imagenet(fake_imagenet, tmp_path):
+  from perceiver_jax import train
+
+  # The random permutation is the path with the most moving parts (per-example keys in train and eval).
+  config = imagenet_config(fake_imagenet, "runlocal,permuted_random")
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == config.train.num_steps
+  assert results["eval"]["count"] == NUM_VAL  # Every fake validation image exactly once, none twice.
+  assert np.isfinite(results["eval"]["loss"])
+  assert 0.0 <= results["eval"]["top1"] <= results["eval"]["top5"] <= 1.0

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_jax import Perceiver, flops, models
+from perceiver_jax import Perceiver, flops
 
 SMALL = dict(
   num_classes=7,
@@ -135,18 +135,3 @@ def test_bad_model_values_name_the_field(overrides, field):
 def test_cross_attention_heads_must_divide_input_channels():
   with pytest.raises(ValueError, match="heads do not divide 6 channels"):
     small_perceiver(num_cross_heads=4)
-
-
-def test_front_end_keeps_position_features_with_their_pixels(config_loader):
-  config = config_loader("digits", "permuted")
-  f = hk.transform(lambda x: models.front_end(config)(x))
-  raw_cfg = config_loader("digits")
-  g = hk.transform(lambda x: models.front_end(raw_cfg)(x))
-  images = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 8, 1))
-  permuted = np.asarray(f.apply(None, None, images))
-  raw = np.asarray(g.apply(None, None, images))
-  assert permuted.shape == raw.shape == (2, 64, 1 + 2 * 9)
-  # Each permuted token is some raw token, whole: pixel value and its position features together.
-  matches = np.abs(permuted[:, :, None] - raw[:, None]).max(-1) < 1e-6  # [B, M, M]
-  assert np.all(matches.sum(-1) == 1)
-  assert not np.allclose(permuted, raw)
