@@ -68,11 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.train = dict(
     global_batch_size=64,
-    num_steps=2000,
+    num_steps=1000,
     num_epochs=None,
     label_smoothing=0.1,
     log_every=100,
-    eval_every=1000,
+    eval_every=500,
     eval_batch_size=256,
   )
   c.checkpoint = dict(every=500, keep=3)

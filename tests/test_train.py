@@ -17,7 +17,14 @@ def step_config(config_loader, arg="permuted_random"):
   # and SGD: its update is linear in the gradient, where Adam's first step is about sign(gradient) and
   # would turn rounding noise in near-zero gradients into full-size differences.
   config.optimizer.update(name="sgd", learning_rate=0.1, schedule="constant", warmup_steps=0)
-  config.model.update(num_latents=8, latent_channels=32)
+  # Compile time dominates on the CPU: one cross-attend and one self-attention block show the same.
+  config.model.update(
+    num_latents=8,
+    latent_channels=32,
+    num_cross_attends=1,
+    num_latent_transformers=1,
+    num_self_attends_per_block=1,
+  )
   return config
 
 
@@ -43,7 +50,10 @@ def test_eight_devices_equal_one_device_and_pmap(config_loader):
   state8, metrics8 = run_steps(config, parallel.make_mesh())
   state1, metrics1 = run_steps(config, parallel.make_mesh(jax.devices()[:1]))
   initial = jax.device_get(train.Trainer(config, total_steps=10).init())
-  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(initial.params), strict=True))
+  moved = max(
+    float(jnp.max(jnp.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(initial.params), strict=True)
+  )
   assert moved > 1e-3  # The steps did change the parameters, so agreement below is not vacuous.
   assert int(state8.step) == int(state1.step) == 2
   assert_trees_close(state8.params, state1.params, rtol=1e-4, atol=1e-6)
@@ -52,18 +62,23 @@ def test_eight_devices_equal_one_device_and_pmap(config_loader):
   # The same per-device function under jax.pmap, the state replicated along a leading device axis.
   trainer = train.Trainer(config, total_steps=10)
   step = jax.pmap(
-      functools.partial(
-          train.train_step, model=trainer.model, optimizer=trainer.optimizer,
-          num_classes=config.dataset.num_classes, label_smoothing=config.train.label_smoothing,
-      ),
-      axis_name=parallel.AXIS,
+    functools.partial(
+      train.train_step,
+      model=trainer.model,
+      optimizer=trainer.optimizer,
+      num_classes=config.dataset.num_classes,
+      label_smoothing=config.train.label_smoothing,
+    ),
+    axis_name=parallel.AXIS,
   )
   state = jax.tree.map(lambda x: jnp.stack([x] * 8), jax.device_get(trainer.init()))
   batches = data.train_batches(config)
   for _ in range(2):
     batch = jax.tree.map(lambda x: x.reshape(8, -1, *x.shape[1:]), next(batches))
     state, _ = step(state, batch)
-  assert_trees_close(jax.tree.map(lambda x: x[0], jax.device_get(state.params)), state8.params, rtol=1e-4, atol=1e-6)
+  assert_trees_close(
+    jax.tree.map(lambda x: x[0], jax.device_get(state.params)), state8.params, rtol=1e-4, atol=1e-6
+  )
 
 
 def test_random_permutation_differs_per_example_and_device_count_does_not_matter(config_loader):
@@ -71,7 +86,9 @@ def test_random_permutation_differs_per_example_and_device_count_does_not_matter
   keys = train.example_keys(jax.random.PRNGKey(0), 5, 3)
   perms = np.asarray(jax.vmap(lambda k: jax.random.permutation(k, 64))(keys))
   assert len({tuple(p) for p in perms}) == 3
-  again = np.asarray(jax.vmap(lambda k: jax.random.permutation(k, 64))(train.example_keys(jax.random.PRNGKey(0), 6, 2)))
+  again = np.asarray(
+    jax.vmap(lambda k: jax.random.permutation(k, 64))(train.example_keys(jax.random.PRNGKey(0), 6, 2))
+  )
   np.testing.assert_array_equal(perms[1:], again)
 
 
@@ -104,17 +121,19 @@ def test_short_digits_run_learns(config_loader, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arg,message",
-    [("permuted,typo_variant", "Unknown config variant 'typo_variant'"),
-     ("no_such_field=3", "'no_such_field' names no config field"),
-     ("num_self_heads=5", "num_self_heads=5 does not divide latent_channels=64"),
-     ("num_latents=0", "num_latents=0 must be a positive integer"),
-     ("global_batch_size=0", "train.global_batch_size=0 must be a positive integer"),
-     ("global_batch_size=60", "train.global_batch_size=60 must be a multiple of the 8 devices"),
-     ("learning_rate=-1.0", "optimizer.learning_rate=-1.0 must be positive"),
-     ("permutation=shuffled", "input.permutation='shuffled' must be one of"),
-     ("optimizer.name=adam", "optimizer.name='adam' must be one of"),
-     ("image_size=16", "digits images are 8x8x1, but dataset.image_size=16")],
+  "arg,message",
+  [
+    ("permuted,typo_variant", "Unknown config variant 'typo_variant'"),
+    ("no_such_field=3", "'no_such_field' names no config field"),
+    ("num_self_heads=5", "num_self_heads=5 does not divide latent_channels=64"),
+    ("num_latents=0", "num_latents=0 must be a positive integer"),
+    ("global_batch_size=0", "train.global_batch_size=0 must be a positive integer"),
+    ("global_batch_size=60", "train.global_batch_size=60 must be a multiple of the 8 devices"),
+    ("learning_rate=-1.0", "optimizer.learning_rate=-1.0 must be positive"),
+    ("permutation=shuffled", "input.permutation='shuffled' must be one of"),
+    ("optimizer.name=adam", "optimizer.name='adam' must be one of"),
+    ("image_size=16", "digits images are 8x8x1, but dataset.image_size=16"),
+  ],
 )
 def test_bad_config_values_name_the_field(config_loader, arg, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
