@@ -25,7 +25,7 @@ import optax
 from absl import logging
 from jax import lax
 
-from perceiver_jax import data, models, optim, parallel
+from perceiver_jax import checkpoint, data, models, optim, parallel
 from perceiver_jax.metric_writer import MetricWriter
 
 # Folded into a step's key to derive independent streams.
@@ -259,16 +259,103 @@ def _write_json(path: str, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` and writes config.json, metrics.jsonl, TensorBoard and results.json."""
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}".lstrip(".")).items()}
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes config.json, warning when it changes that of the run being resumed."""
+  path = os.path.join(workdir, "config.json")
+  new = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      old, flat = _flat(json.load(f)), _flat(new)
+    changed = sorted(k for k in old.keys() | flat.keys() if old.get(k) != flat.get(k))
+    if changed:
+      logging.warning("The config differs from that of the run in %s in: %s.", workdir, ", ".join(changed))
+  _write_json(path, new)
+
+
+def _keep_metrics_until(workdir: str, step: int) -> list[dict[str, Any]]:
+  """Drops metrics.jsonl lines after `step` (they will be logged again); returns its eval history."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = [json.loads(line) for line in f if line.strip()]
+  kept = [line for line in lines if line["step"] <= step]
+  if len(kept) < len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(line) + "\n" for line in kept)
+    os.replace(tmp, path)
+  history = [
+    {"step": line["step"], **{k[len("eval_") :]: v for k, v in line.items() if k.startswith("eval_")}}
+    for line in kept
+    if "eval_top1" in line
+  ]
+  for entry in history:
+    entry["count"] = int(entry.get("count", 0))
+  return history
+
+
+def _fetch_finite(pending: list[tuple[int, Any]], latest_checkpoint: int | None) -> list[dict[str, float]]:
+  """The metrics of `pending` (step, metrics) on the host; FloatingPointError at a non-finite one.
+
+  A finite loss and gradient norm at every step mean finite optimizer updates, so the state about to be
+  saved descends from finite steps only (`checkpoint.save` checks the state itself as well).
+  """
+  values = jax.device_get([m for _, m in pending])
+  for (step, _), m in zip(pending, values, strict=True):
+    for key, name in (("loss", "training loss"), ("grad_norm", "gradient norm")):
+      if not math.isfinite(float(m[key])):
+        kept = (
+          "no checkpoint was saved"
+          if latest_checkpoint is None
+          else f"the last checkpoint, of step {latest_checkpoint}, is kept as it was"
+        )
+        raise FloatingPointError(
+          f"Non-finite {name} {float(m[key])} at step {step}; {kept}. Lower "
+          "optimizer.learning_rate or enable clipping (optimizer.clip_global_norm)."
+        )
+  return values
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, tensorboard: bool = True
+) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint, then evaluates.
+
+  Every process calls this; process 0 writes config.json, metrics.jsonl, TensorBoard events (unless
+  `tensorboard` is False, which also spares importing TensorFlow) and, once the run is finished,
+  results.json. Checkpoints are saved every `config.checkpoint.every` steps, at the
+  end, and at the first step boundary after a SIGTERM: then the run stops and returns
+  `{'preempted': True, 'step': ...}`, and calling this again resumes it exactly where it stopped.
+  """
   trainer = Trainer(config)
-  is_lead = jax.process_index() == 0
-  if is_lead:
+  every, keep = config.checkpoint.every, config.checkpoint.keep
+  for name, value in (("every", every), ("keep", keep)):
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"checkpoint.{name}={value!r} must be a positive integer.")
+  if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-  writer = MetricWriter(workdir)
-  t = config.train
-  total = trainer.total_steps
+    _write_config(workdir, config)
+  writer = MetricWriter(workdir, tensorboard=tensorboard)
+  manager = checkpoint.make_manager(workdir, keep)
+  try:
+    with checkpoint.PreemptionWatcher(trainer.mesh) as watcher:
+      return _train(trainer, workdir, writer, manager, watcher)
+  finally:
+    manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
+    writer.close()
+
+
+def _train(trainer: Trainer, workdir: str, writer, manager, watcher) -> dict[str, Any]:
+  config, t, total = trainer.config, trainer.config.train, trainer.total_steps
+  is_lead = jax.process_index() == 0
   logging.info(
     "Training %s on %s for %d steps (%d per epoch) on %d devices of %d processes.",
     config.model_name,
@@ -278,29 +365,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     jax.device_count(),
     jax.process_count(),
   )
-  train_state = trainer.init()
+  target = checkpoint.abstract_state(
+    functools.partial(init_state, config, trainer.model, trainer.optimizer), parallel.replicated(trainer.mesh)
+  )
+  train_state, start = checkpoint.restore_latest(manager, target, move_aside_corrupt=True)
+  if train_state is None:
+    train_state, start = trainer.init(), 0
+  else:
+    logging.info("Resuming from the checkpoint of step %d in %s.", start, manager.directory)
+  history = _keep_metrics_until(workdir, start) if is_lead else []
   num_params = count_params(train_state.params)
   logging.info("Parameters: %d", num_params)
-  start = int(jax.device_get(train_state.step))
   batches = parallel.prefetch(data.train_batches(config, start_step=start), trainer.mesh)
 
-  pending, history = [], []
+  pending, fetched = [], []  # (step, metrics) on the devices; metrics on the host, not yet logged.
   tick, tick_step, run_start = time.perf_counter(), start, time.perf_counter()
   eval_metrics = None
   for step in range(start + 1, total + 1):
     train_state, metrics = trainer.train_step(train_state, next(batches))
-    pending.append(metrics)
-    if step % t.log_every == 0 or step == total:
-      means = {
-        k: float(np.mean(v))
-        for k, v in jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending)).items()
-      }
+    pending.append((step, metrics))
+    stop = watcher.stop_requested()
+    save = step % config.checkpoint.every == 0 or step == total or stop
+    log = step % t.log_every == 0 or step == total
+    if save or log:
+      # Checked before every save, so a diverged state never replaces a good checkpoint.
+      fetched += _fetch_finite(pending, manager.latest_step())
       pending = []
-      if not math.isfinite(means["loss"]):
-        raise FloatingPointError(
-          f"Non-finite training loss {means['loss']} at step {step}; lower optimizer.learning_rate or "
-          "enable clipping (optimizer.clip_global_norm)."
-        )
+    if log:
+      means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      fetched = []
       now = time.perf_counter()
       steps_per_s = (step - tick_step) / (now - tick)
       tick, tick_step = now, step
@@ -322,6 +415,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         scalars["images_per_s"],
         (total - step) / max(steps_per_s, 1e-9),
       )
+    if save:
+      checkpoint.save(manager, step, train_state)
+    if stop:
+      logging.warning(
+        "Preempted: saved the checkpoint of step %d in %s and stopped; run again to resume.",
+        step,
+        manager.directory,
+      )
+      return {"preempted": True, "step": step, "params": num_params}
     if step % t.eval_every == 0 or step == total:
       eval_metrics = trainer.evaluate(train_state)
       writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
@@ -337,14 +439,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   if eval_metrics is None:  # Nothing left to train: evaluate what was restored.
     eval_metrics = trainer.evaluate(train_state)
+  step = int(jax.device_get(train_state.step))
+  checksum = checkpoint.params_checksum(train_state.params)
+  logging.info("Process %d: params_checksum %s at step %d.", jax.process_index(), checksum, step)
   results = {
     "eval": eval_metrics,
-    "step": int(jax.device_get(train_state.step)),
+    "step": step,
     "params": num_params,
+    "params_checksum": checksum,
     "train_seconds": time.perf_counter() - run_start,
     "history": history,
   }
   if is_lead:
     _write_json(os.path.join(workdir, "results.json"), results)
-  writer.close()
+  return results
+
+
+def evaluate_run(workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint of the run in `workdir`; process 0 writes eval_results.json.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no run or no readable checkpoint.
+  """
+  trainer = Trainer(checkpoint.load_config(workdir))
+  run = checkpoint.load_run(workdir, sharding=parallel.replicated(trainer.mesh))
+  eval_metrics = trainer.evaluate(run.state)
+  results = {
+    "eval": eval_metrics,
+    "step": run.step,
+    "params_checksum": checkpoint.params_checksum(run.state.params),
+  }
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, "eval_results.json"), results)
   return results

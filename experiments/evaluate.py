@@ -1,0 +1,34 @@
+"""Evaluates the latest checkpoint of a run: `python experiments/evaluate.py --workdir=W`.
+
+Reads the run's config from W/config.json, writes W/eval_results.json and prints the metrics. Takes the
+same multi-process flags as experiments/train.py.
+"""
+
+import json
+import sys
+
+from absl import app, flags
+
+from perceiver_jax import distributed, train
+
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory, as given to experiments/train.py.", required=True
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+_LOCAL_DEVICES = flags.DEFINE_integer("local_device_count", None, "CPU devices per process (CPU runs).")
+
+
+def main(argv):
+  del argv
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value)
+  try:
+    results = train.evaluate_run(_WORKDIR.value)
+  except FileNotFoundError as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps(results, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+  app.run(main)

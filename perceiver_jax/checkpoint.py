@@ -1,0 +1,297 @@
+"""Checkpoints of the train state, preemption, and loading a run back from its workdir.
+
+A run's workdir holds `config.json` and `checkpoints/<step>/`, written by orbax: every process takes part
+in a save, each step is written to a temporary directory that is renamed when complete (a crash mid-save
+leaves the previous checkpoints whole), and only the newest `config.checkpoint.keep` are kept. A checkpoint
+that cannot be read is skipped with a warning for the one before it; a training run moves it aside to
+`corrupt_checkpoints/<step>/`, so that the step can be written again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, Sharding
+
+from perceiver_jax import parallel
+
+if TYPE_CHECKING:
+  from perceiver_jax.train import TrainState
+
+CHECKPOINTS = "checkpoints"
+CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
+
+
+class Run(NamedTuple):
+  """A run loaded from its workdir: its config and the train state of one checkpoint."""
+
+  config: ml_collections.ConfigDict
+  state: TrainState  # Arrays on this process's first device, usable without a mesh.
+  step: int
+
+
+def _host(x) -> np.ndarray:
+  """A global array's value on this process, whichever devices hold it."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def params_checksum(params: Any) -> str:
+  """sha256 (hex) of every parameter as little-endian float32 bytes, the parameters in sorted path order.
+
+  The path of a parameter is its keys joined by '/': '<Haiku module name>/<parameter name>', such as
+  'perceiver/classifier/w'. Equal checksums mean bitwise equal float32 parameters.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  by_path = {jax.tree_util.keystr(path, simple=True, separator="/"): value for path, value in leaves}
+  if len(by_path) != len(leaves):
+    raise ValueError("Two parameters share one '/'-joined path; the checksum would be ambiguous.")
+  digest = hashlib.sha256()
+  for path in sorted(by_path):
+    digest.update(np.ascontiguousarray(_host(by_path[path]), dtype="<f4").tobytes())
+  return digest.hexdigest()
+
+
+@jax.jit
+def _finite_leaves(tree):
+  return jax.tree.map(
+    lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True), tree
+  )
+
+
+def check_finite(train_state: Any, step: int) -> None:
+  """Raises FloatingPointError naming the non-finite parts of `train_state` after `step`."""
+  finite = jax.device_get(_finite_leaves(train_state))
+  bad = [
+    jax.tree_util.keystr(path, simple=True, separator="/")
+    for path, ok in jax.tree_util.tree_flatten_with_path(finite)[0]
+    if not ok
+  ]
+  if bad:
+    raise FloatingPointError(
+      f"Non-finite values in the train state after step {step} (in {', '.join(bad[:5])}"
+      f"{', ...' if len(bad) > 5 else ''}); not saving it."
+    )
+
+
+def config_from_json(value: str | dict) -> ml_collections.ConfigDict:
+  """A ConfigDict from `ConfigDict.to_json_best_effort()` output (a string or its parsed dict).
+
+  JSON has no tuples: lists come back as tuples, as the config files write sequences. Placeholders
+  (`config_dict.placeholder`) were written as null and come back as None, which accepts any later value.
+  """
+  tree = json.loads(value) if isinstance(value, str) else value
+
+  def convert(x):
+    if isinstance(x, dict):
+      return {k: convert(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return tuple(convert(v) for v in x)
+    return x
+
+  return ml_collections.ConfigDict(convert(tree))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir`, from its config.json."""
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    what = "does not exist" if not epath.Path(workdir).exists() else f"has no config.json ({path})"
+    raise FileNotFoundError(f"No run in workdir {workdir!r}: it {what}; train into it first.")
+  return config_from_json(path.read_text())
+
+
+def _directory(workdir: str) -> epath.Path:
+  path = epath.Path(workdir) / CHECKPOINTS
+  # orbax wants absolute paths; gs:// and other remote paths already are.
+  return path if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
+
+
+def make_manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
+  """The orbax manager of `workdir/checkpoints`, keeping the newest `keep` checkpoints.
+
+  Saves are asynchronous: the state is copied to host memory before `save` returns (so the next step
+  may donate it) and written in the background while training goes on.
+  """
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=None if read_only else keep,
+    save_interval_steps=0 if read_only else 1,
+    create=not read_only,
+    read_only=read_only,
+    enable_async_checkpointing=not read_only,
+  )
+  return ocp.CheckpointManager(_directory(workdir), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, train_state: Any) -> None:
+  """Starts saving `train_state` as checkpoint `step`; a state with NaN or inf is never saved."""
+  check_finite(train_state, step)
+  manager.save(step, args=ocp.args.StandardSave(train_state), force=True)
+
+
+def abstract_state(init_fn: Callable[[], Any], sharding: Sharding) -> Any:
+  """Shapes and dtypes of `init_fn()`'s output, laid out by `sharding`: a restore target."""
+  return jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init_fn)
+  )
+
+
+def _all_processes(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
+  if jax.process_index() == 0:
+    source = manager.directory / str(step)
+    if source.exists():
+      target_root = manager.directory.parent / CORRUPT_CHECKPOINTS
+      target_root.mkdir(parents=True, exist_ok=True)
+      target, suffix = target_root / str(step), 1
+      while target.exists():
+        target, suffix = target_root / f"{step}.{suffix}", suffix + 1
+      source.rename(target)
+      logging.warning("Moved the unreadable checkpoint of step %d to %s.", step, target)
+  multihost_utils.sync_global_devices(f"perceiver_jax_move_aside_{step}")
+
+
+def restore_latest(
+  manager: ocp.CheckpointManager,
+  target: Any,
+  steps: Sequence[int] | None = None,
+  move_aside_corrupt: bool = False,
+) -> tuple[Any, int | None]:
+  """(state, step) of the newest readable checkpoint among `steps` (default: all), or (None, None).
+
+  An unreadable checkpoint is logged with its step and error, then the one before it is tried. With
+  `move_aside_corrupt` (a training run, which will write those steps again) it is moved aside.
+  """
+  moved = False
+  for step in sorted(manager.all_steps() if steps is None else steps, reverse=True):
+    try:
+      state, error = manager.restore(step, args=ocp.args.StandardRestore(target)), None
+    except Exception as e:  # noqa: BLE001  Whatever went wrong, the previous checkpoint may be fine.
+      state, error = None, e
+    if _all_processes(error is None):
+      if moved:
+        manager.reload()
+      return state, step
+    logging.warning(
+      "Checkpoint of step %d in %s is unreadable (%s: %s); falling back to the previous one.",
+      step,
+      manager.directory,
+      type(error).__name__ if error else "another process failed",
+      str(error)[:500] if error else "",
+    )
+    if move_aside_corrupt:
+      _move_aside(manager, step)
+      moved = True
+  if moved:
+    manager.reload()
+  return None, None
+
+
+def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = None) -> Run:
+  """The config and the train state of the latest (or the given) checkpoint of the run in `workdir`.
+
+  By default the arrays live on this process's first device, so they serve any single-device use
+  without a mesh; `sharding` lays them out otherwise (e.g. replicated over a mesh).
+
+  Raises:
+    FileNotFoundError: no config.json in `workdir`, or no readable checkpoint (of `step`) there.
+  """
+  # Imported here: the train module saves checkpoints through this one.
+  from perceiver_jax import models, optim, train
+
+  config = load_config(workdir)
+  model = models.make_model(config)
+  # The optimizer's state has the same structure whatever the schedule's length.
+  optimizer, _ = optim.make_optimizer(config, 1, 1)
+  target = abstract_state(
+    lambda: train.init_state(config, model, optimizer),
+    sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+  )
+  manager = make_manager(workdir, read_only=True) if _directory(workdir).exists() else None
+  available = list(manager.all_steps()) if manager else []
+  if step is not None and step not in available:
+    raise FileNotFoundError(f"No checkpoint of step {step} in {workdir}; it has steps {available}.")
+  state, restored = (None, None)
+  if available:
+    state, restored = restore_latest(manager, target, steps=None if step is None else [step])
+    manager.close()
+  if state is None:
+    raise FileNotFoundError(
+      f"No readable checkpoint in {_directory(workdir)} (steps found: {available}); the run has not saved "
+      "one yet (it saves every config.checkpoint.every steps, at the end and when preempted)."
+    )
+  return Run(config, state, restored)
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM into a request to save and stop at a step boundary that every process agrees on.
+
+  Use as a context manager around the train loop (the handler is restored on exit) and call
+  `stop_requested()` at every step boundary on every process. A single process stops at the boundary
+  after the signal. Several processes take the maximum of their flags over the mesh; the result of one
+  boundary is read at the next, so the reduction runs alongside a train step instead of stalling the loop.
+  """
+
+  def __init__(self, mesh: Mesh, signals: Sequence[int] = (signal.SIGTERM,)):
+    self._mesh = mesh
+    self._signals = tuple(signals)
+    self._received = threading.Event()
+    self._previous: dict[int, Any] = {}
+    self._pending = None
+    self._any = jax.jit(jnp.max, out_shardings=parallel.replicated(mesh))
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if not self._received.is_set():
+      logging.warning(
+        "Received %s: saving a checkpoint at the next step boundary, then stopping.",
+        signal.Signals(signum).name,
+      )
+    self._received.set()
+
+  def __enter__(self) -> PreemptionWatcher:
+    if threading.current_thread() is threading.main_thread():
+      for s in self._signals:
+        self._previous[s] = signal.signal(s, self._handle)
+    else:
+      logging.warning("The train loop runs outside the main thread: preemption signals go unnoticed.")
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+
+  def request_stop(self) -> None:
+    """What the signal handler does; for tools and tests that stop a run from within."""
+    self._received.set()
+
+  def stop_requested(self) -> bool:
+    """Whether every process is to save and stop now; call once per step boundary on every process."""
+    if jax.process_count() == 1:
+      return self._received.is_set()
+    agreed = self._pending is not None and bool(jax.device_get(self._pending))
+    flags = np.full(len(self._mesh.local_devices), self._received.is_set(), np.int32)
+    sharding = parallel.batch_sharded(self._mesh)
+    self._pending = self._any(jax.make_array_from_process_local_data(sharding, flags))
+    return agreed

@@ -1,0 +1,264 @@
+"""Checkpoints: exact resume after SIGTERM, fallback past a corrupt checkpoint, NaN never saved, evaluate.py.
+
+The runs are subprocesses with 2 CPU devices (not the 8 of this process) sharing a persistent compilation
+cache, so that only the first of them compiles; they train a tiny Perceiver for 12 steps, checkpointing
+every 4. A helper entry point wraps `data.train_batches` to slow steps down (so that SIGTERM lands mid-run)
+or to feed NaN images at one step; it changes nothing else.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from perceiver_jax import checkpoint, parallel
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+TINY = (
+  "runlocal,num_latents=8,latent_channels=16,num_cross_attends=1,num_latent_transformers=1,"
+  "num_self_attends_per_block=1,num_self_heads=2,num_steps=12,checkpoint.every=4,keep=3,log_every=4,"
+  "eval_every=12"
+)
+
+# experiments/train.py with `data.train_batches` wrapped: TEST_SLOW_FROM=k sleeps TEST_DELAY seconds before
+# each batch from index k on; TEST_NAN_AT=k makes batch k (the batch of step k + 1) all NaN.
+HELPER = """
+import os, runpy, sys, time
+import numpy as np
+from perceiver_jax import data
+
+slow_from, nan_at = int(os.environ.get("TEST_SLOW_FROM", -1)), int(os.environ.get("TEST_NAN_AT", -1))
+delay = float(os.environ.get("TEST_DELAY", 1.0))
+original = data.train_batches
+
+def train_batches(config, start_step=0):
+  for index, batch in enumerate(original(config, start_step=start_step), start_step):
+    if index == nan_at:
+      batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+    if 0 <= slow_from <= index:
+      time.sleep(delay)
+    yield batch
+
+data.train_batches = train_batches
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def child_env(cache_dir=None, devices: int | None = 2, **extra) -> dict[str, str]:
+  """This environment with `devices` CPU devices (None: leave it to flags) and a compilation cache.
+
+  XLA's backend optimizations are off: they double the compile time, which dominates these tiny runs
+  (every run compared with another one uses the same flags). Runs of several processes must not share
+  a persistent cache: only process 0 writes it and the keys differ by process, so process 0 would start
+  its collectives while process 1 still compiles, and gloo gives up after 30 s.
+  """
+  env = dict(os.environ)
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+  flags += " --xla_backend_optimization_level=0"
+  if devices is not None:
+    flags += f" --xla_force_host_platform_device_count={devices}"
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  if cache_dir is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.update(
+    XLA_FLAGS=flags.strip(),
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    **{k: str(v) for k, v in extra.items()},
+  )
+  return env
+
+
+def train_command(workdir, *flags, script="experiments/train.py") -> list[str]:
+  return [sys.executable, "-c", HELPER, script, f"--workdir={workdir}", "--notensorboard", *flags]
+
+
+def run(cmd, env, timeout=300) -> subprocess.CompletedProcess:
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def checksum_logged(log: str) -> list[str]:
+  return re.findall(r"params_checksum ([0-9a-f]{64})", log)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  # One cache for the whole session: the runs of test_sweep.py compile the same program.
+  path = tmp_path_factory.getbasetemp() / "jax_cache"
+  path.mkdir(exist_ok=True)
+  return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir):
+  """An uninterrupted run: its workdir and results."""
+  workdir = tmp_path_factory.mktemp("reference")
+  done = run(train_command(workdir, f"--config=configs/digits.py:{TINY}"), child_env(cache_dir))
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert checksum_logged(done.stderr) == [results["params_checksum"]]
+  return workdir, results
+
+
+def steps(workdir) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_params_checksum_is_sha256_of_float32_bytes_in_sorted_path_order():
+  params = {
+    "net/linear": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)},
+    "net/head": {"w": jnp.full((2,), 0.5, jnp.bfloat16)},  # Exactly representable: cast to float32 first.
+  }
+  # Sorted paths: net/head/w, net/linear/b, net/linear/w.
+  expected = hashlib.sha256(
+    np.full(2, 0.5, "<f4").tobytes() + np.ones(3, "<f4").tobytes() + np.arange(6, dtype="<f4").tobytes()
+  ).hexdigest()
+  assert checkpoint.params_checksum(params) == expected
+  reordered = {"net/linear": {"b": params["net/linear"]["b"], "w": params["net/linear"]["w"]}, **params}
+  assert checkpoint.params_checksum(reordered) == expected
+  nudged = jax.tree.map(lambda x: x, params)
+  nudged["net/linear"]["b"] = np.nextafter(np.ones(3, np.float32), 2)
+  assert checkpoint.params_checksum(nudged) != expected
+
+
+def test_config_json_round_trip(config_loader):
+  for name, arg in (("digits", "runlocal"), ("imagenet", "permuted")):
+    config = config_loader(name, arg)
+    back = checkpoint.config_from_json(config.to_json_best_effort())
+    assert back.to_dict() == config.to_dict()  # Tuples stay tuples; the data_dir placeholder is None.
+    assert back.dataset.data_dir is None
+    back.dataset.data_dir = "/data"  # A None field takes any type.
+
+
+def test_check_finite_names_the_bad_parts():
+  state = {"params": {"a": jnp.ones(3), "b": jnp.array([1.0, jnp.nan])}, "step": jnp.int32(3)}
+  with pytest.raises(FloatingPointError, match=r"after step 7 \(in params/b\)"):
+    checkpoint.check_finite(state, 7)
+  checkpoint.check_finite({"params": {"a": jnp.ones(3)}, "step": jnp.int32(3)}, 7)
+
+
+def test_preemption_watcher_turns_sigterm_into_a_stop_and_restores_the_handler():
+  before = signal.getsignal(signal.SIGTERM)
+  with checkpoint.PreemptionWatcher(parallel.make_mesh()) as watcher:
+    assert not watcher.stop_requested()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)  # The handler runs in the main thread at the next bytecode boundary.
+    assert watcher.stop_requested()
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_load_run_of_a_missing_or_unfinished_workdir_says_so(tmp_path, config_loader):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    checkpoint.load_run(str(tmp_path / "nothing"))
+  (tmp_path / "config.json").write_text(config_loader("digits", "runlocal").to_json_best_effort())
+  with pytest.raises(FileNotFoundError, match="No readable checkpoint"):
+    checkpoint.load_run(str(tmp_path))
+
+
+def test_sigterm_mid_run_then_restart_equals_uninterrupted_run(reference, tmp_path, cache_dir):
+  ref_dir, ref = reference
+  workdir = tmp_path / "run"
+  cmd = train_command(workdir, f"--config=configs/digits.py:{TINY}")
+  log = open(tmp_path / "log", "w")
+  proc = subprocess.Popen(
+    cmd, cwd=ROOT, env=child_env(cache_dir, TEST_SLOW_FROM=4), stdout=subprocess.PIPE, stderr=log, text=True
+  )
+  try:
+    deadline = time.time() + 240
+    while not (workdir / "checkpoints" / "4").exists():  # Renamed into place once complete.
+      assert proc.poll() is None and time.time() < deadline, (tmp_path / "log").read_text()[-3000:]
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  stderr = (tmp_path / "log").read_text()
+  assert proc.returncode == 0, stderr[-3000:]
+  stopped = int(re.search(r"Preempted: checkpoint of step (\d+) saved", stdout).group(1))
+  assert 4 <= stopped < 12 and steps(workdir)[-1] == stopped
+  assert f"saved the checkpoint of step {stopped}" in stderr
+  assert not (workdir / "results.json").exists()
+
+  done = run(train_command(workdir, f"--config=configs/digits.py:{TINY}"), child_env(cache_dir))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"Resuming from the checkpoint of step {stopped}" in done.stderr
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["params_checksum"] == ref["params_checksum"]
+  assert results["eval"] == ref["eval"]
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in logged if "train_loss" in m] == [4, 8, 12]  # None twice after the restart.
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, cache_dir):
+  ref_dir, ref = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(ref_dir, workdir)
+  (workdir / "results.json").unlink()
+  assert steps(workdir) == [4, 8, 12]
+  data_files = [
+    p for p in (workdir / "checkpoints" / "12").rglob("*") if p.is_file() and p.parent.name == "d"
+  ]
+  assert data_files
+  for path in data_files:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+  done = run(train_command(workdir, f"--config=configs/digits.py:{TINY}"), child_env(cache_dir))
+  assert done.returncode == 0, done.stderr[-3000:]
+  # An absl warning line: W<date> <time> <thread> checkpoint.py:<line>] Checkpoint of step 12 ...
+  assert re.search(r"^W.*\] Checkpoint of step 12 in \S+ is unreadable \(\w+Error: ", done.stderr, re.M)
+  assert "Resuming from the checkpoint of step 8" in done.stderr
+  assert (workdir / "corrupt_checkpoints" / "12").is_dir()
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["params_checksum"] == ref["params_checksum"]
+  # Step 12 was trained and saved again, readable this time.
+  run12 = checkpoint.load_run(str(workdir))
+  assert run12.step == 12 and checkpoint.params_checksum(run12.state.params) == ref["params_checksum"]
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reference, tmp_path, cache_dir):
+  ref_dir, _ = reference
+  workdir = tmp_path / "run"
+  # No log step before 12: the check before the save at step 8 must catch the NaN of step 6.
+  cmd = train_command(workdir, f"--config=configs/digits.py:{TINY}", "--config.train.log_every=100")
+  done = run(cmd, child_env(cache_dir, TEST_NAN_AT=5))
+  assert done.returncode != 0
+  assert (
+    "FloatingPointError: Non-finite training loss nan at step 6; the last checkpoint, of step 4, is kept"
+    in done.stderr
+  ), done.stderr[-3000:]
+  assert steps(workdir) == [4] and not (workdir / "results.json").exists()
+  good = checkpoint.load_run(str(workdir))
+  assert good.step == 4
+  ref4 = checkpoint.load_run(str(ref_dir), step=4)
+  assert checkpoint.params_checksum(good.state.params) == checkpoint.params_checksum(ref4.state.params)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good.state))
+
+
+def test_evaluate_script_reproduces_the_final_eval(reference, tmp_path, cache_dir):
+  ref_dir, ref = reference
+  done = run([sys.executable, "experiments/evaluate.py", f"--workdir={ref_dir}"], child_env(cache_dir))
+  assert done.returncode == 0, done.stderr[-3000:]
+  saved = json.loads((ref_dir / "eval_results.json").read_text())
+  assert saved == json.loads(done.stdout)
+  assert saved["step"] == 12 and saved["eval"] == ref["eval"]
+  assert saved["params_checksum"] == ref["params_checksum"]
+
+  missing = run(
+    [sys.executable, "experiments/evaluate.py", f"--workdir={tmp_path / 'nothing'}"], child_env(cache_dir)
+  )
+  assert missing.returncode != 0
+  assert "error: No run in workdir" in missing.stderr and "Traceback" not in missing.stderr

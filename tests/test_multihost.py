@@ -1,0 +1,155 @@
+"""Multi-process training: 2 processes x 2 CPU devices over gloo against 1 process x 4 devices.
+
+Both are subprocesses of experiments/train.py (through the helper entry point of test_checkpoint.py), with
+`--local_device_count` giving each its devices. The 2-process run is preempted by a SIGTERM to process 1
+only: both processes must agree to stop at the same step, save, and resume from it when restarted.
+SGD keeps the comparison with the 4-device run tight: the two sum gradients over the 4 devices in a
+different order (gloo across processes, XLA within one), and Adam would turn the resulting last-bit
+differences in near-zero gradients (the attention key biases have zero gradient) into full-size steps.
+"""
+
+import glob
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+from test_checkpoint import ROOT, TINY, child_env, steps, train_command
+
+from perceiver_jax import checkpoint, distributed
+
+CONFIG = (
+  f"--config=configs/digits.py:{TINY},num_steps=10,optimizer.name=sgd,learning_rate=0.1,"
+  "schedule=constant,warmup_steps=0"
+)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_pair(workdir, logs, **env_extra) -> list[subprocess.Popen]:
+  port = free_port()
+  procs = []
+  for i in range(2):
+    cmd = train_command(
+      workdir,
+      CONFIG,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      "--local_device_count=2",
+    )
+    with open(logs[i], "w") as log:
+      procs.append(
+        subprocess.Popen(cmd, cwd=ROOT, env=child_env(devices=None, **env_extra), stdout=log, stderr=log)
+      )
+  return procs
+
+
+def wait_all(procs, logs, timeout=300) -> list[str]:
+  try:
+    for p in procs:
+      p.wait(timeout=timeout)
+  finally:
+    for p in procs:
+      p.kill()
+  texts = [log.read_text() for log in logs]
+  for p, text in zip(procs, texts, strict=True):
+    assert p.returncode == 0, text[-3000:]
+  return texts
+
+
+def test_two_processes_agree_on_preemption_and_match_four_devices(tmp_path):
+  workdir, ref_dir = tmp_path / "run", tmp_path / "reference"
+  logs = [tmp_path / "log0", tmp_path / "log1"]
+  # The 4-device reference runs meanwhile: it compiles while the pair sleeps on its slow batches.
+  ref_proc = subprocess.Popen(
+    train_command(ref_dir, CONFIG, "--local_device_count=4"),
+    cwd=ROOT,
+    env=child_env(devices=None),
+    stdout=subprocess.DEVNULL,
+    stderr=(ref_log := open(tmp_path / "ref_log", "w")),
+  )
+  pair = start_pair(workdir, logs, TEST_SLOW_FROM=3)
+  try:
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "4").exists():
+      assert all(p.poll() is None for p in pair) and time.time() < deadline, logs[0].read_text()[-3000:]
+      time.sleep(0.05)
+    pair[1].send_signal(signal.SIGTERM)  # Process 1 only: process 0 learns it through the flag reduction.
+    texts = wait_all(pair, logs)
+  finally:
+    for p in pair:
+      p.kill()
+  stopped = [re.findall(r"Preempted: saved the checkpoint of step (\d+)", t) for t in texts]
+  assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
+  stop = int(stopped[0][0])
+  assert 4 < stop < 10 and steps(workdir)[-1] == stop
+  assert "Received SIGTERM" in texts[1] and "Received SIGTERM" not in texts[0]
+  for i, text in enumerate(texts):
+    assert f"Process {i} of 2: 2 local devices of 4." in text
+
+  texts = wait_all(start_pair(workdir, logs), logs)
+  checksums = [re.findall(r"params_checksum ([0-9a-f]{64}) at step 10", t) for t in texts]
+  assert all(f"Resuming from the checkpoint of step {stop}" in t for t in texts)
+  assert len(checksums[0]) == 1 and checksums[0] == checksums[1]  # Bitwise equal on both processes.
+  results = json.loads((workdir / "results.json").read_text())  # Written by process 0 alone.
+  assert results["params_checksum"] == checksums[0][0] and results["step"] == 10
+
+  assert ref_proc.wait(timeout=300) == 0, (tmp_path / "ref_log").read_text()[-3000:]
+  ref_log.close()
+  ref = json.loads((ref_dir / "results.json").read_text())
+  two, four = checkpoint.load_run(str(workdir)), checkpoint.load_run(str(ref_dir))
+  assert two.step == four.step == 10
+  initial = checkpoint.load_run(str(ref_dir), step=4).state.params
+  moved = max(
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(four.state.params), jax.tree.leaves(initial), strict=True)
+  )
+  assert moved > 1e-3  # Training moved the parameters, so the agreement below is not vacuous.
+  for a, b in zip(jax.tree.leaves(two.state.params), jax.tree.leaves(four.state.params), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  assert two.config.to_dict() == four.config.to_dict()
+  print("2x2 and 1x4 parameters bitwise equal:", ref["params_checksum"] == checksums[0][0])
+
+
+def test_no_cluster_no_distributed(monkeypatch):
+  for var in (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+  ):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setattr(distributed, "_initialized", False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: pytest.fail("initialize was called"))
+  if not glob.glob("/dev/accel*"):
+    assert distributed.detected_cluster() is None
+    assert distributed.initialize() is False
+  monkeypatch.setenv("SLURM_JOB_ID", "7")  # A batch script's own shell: not a task of a multi-task step.
+  monkeypatch.setenv("SLURM_NTASKS", "16")
+  assert distributed.detected_cluster() in (None, "tpu")
+  monkeypatch.setenv("SLURM_STEP_NODELIST", "node[1-2]")
+  assert distributed.detected_cluster() == "slurm"
+
+
+def test_explicit_coordinator_starts_gloo_and_jax_distributed(monkeypatch):
+  calls = []
+  monkeypatch.setattr(distributed, "_initialized", False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.config, "update", lambda *args: calls.append(args))
+  assert distributed.initialize("127.0.0.1:1234", 2, 1)
+  assert calls == [
+    ("jax_cpu_collectives_implementation", "gloo"),
+    {"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1},
+  ]
+  assert distributed.initialize("127.0.0.1:1234", 2, 1) and len(calls) == 2  # Only once per process.
