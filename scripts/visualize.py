@@ -1,0 +1,40 @@
+"""Draws a trained Perceiver's cross-attention maps and position features as PNGs with an index.md.
+
+  python scripts/visualize.py --workdir=W [--examples=4] [--latents=8] [--out=W/visualize]
+
+W is a finished run of experiments/train.py; see docs/visualize.md for what the pictures show.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from perceiver_jax import visualize
+
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory written by experiments/train.py.", required=True
+)
+_EXAMPLES = flags.DEFINE_integer("examples", 4, "Evaluation images to draw.", lower_bound=1)
+_LATENTS = flags.DEFINE_integer(
+  "latents", visualize.NUM_LATENTS, "Latents drawn per cross-attend.", lower_bound=1
+)
+_OUT = flags.DEFINE_string("out", None, "Output directory (default: <workdir>/visualize).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  workdir = _WORKDIR.value
+  try:
+    run = visualize.load(workdir)
+  except (FileNotFoundError, ValueError) as e:
+    # One clear line, not a traceback: nothing is wrong with the code, only with the run asked for.
+    sys.exit(f"visualize: {e}")
+  out = _OUT.value or os.path.join(workdir, "visualize")
+  index = visualize.visualize_run(run, out, _EXAMPLES.value, _LATENTS.value, workdir=workdir)
+  print(f"Wrote {index}")
+
+
+if __name__ == "__main__":
+  app.run(main)
