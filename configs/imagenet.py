@@ -145,25 +145,37 @@ def _with_baselines(variants: dict, arg: str | None) -> dict:
   def resnet50(c):
     c.model_name = "resnet50"
     size = (
-        dict(blocks_per_group=(1, 1, 1, 1), channels_per_group=(8, 16, 32, 64), bottleneck=False,
-             initial_channels=8, initial_kernel_shape=3, initial_stride=1)
-        if local
-        else dict(blocks_per_group=(3, 4, 6, 3), channels_per_group=(256, 512, 1024, 2048), bottleneck=True,
-                  initial_channels=64, initial_kernel_shape=7, initial_stride=2)
+      dict(
+        blocks_per_group=(1, 1, 1, 1),
+        channels_per_group=(8, 16, 32, 64),
+        bottleneck=False,
+        initial_channels=8,
+        initial_kernel_shape=3,
+        initial_stride=1,
+      )
+      if local
+      else dict(
+        blocks_per_group=(3, 4, 6, 3),
+        channels_per_group=(256, 512, 1024, 2048),
+        bottleneck=True,
+        initial_channels=64,
+        initial_kernel_shape=7,
+        initial_stride=2,
+      )
     )
     c.model = ml_collections.ConfigDict(
-        dict(num_classes=c.dataset.num_classes, strides=(1, 2, 2, 2), bn_decay_rate=0.9, **size)
+      dict(num_classes=c.dataset.num_classes, strides=(1, 2, 2, 2), bn_decay_rate=0.9, **size)
     )
 
   def vit_b16(c):
     c.model_name = "vit"
     size = (
-        dict(patch_size=8, width=32, num_layers=2, num_heads=2)
-        if local
-        else dict(patch_size=16, width=768, num_layers=12, num_heads=12)
+      dict(patch_size=8, width=32, num_layers=2, num_heads=2)
+      if local
+      else dict(patch_size=16, width=768, num_layers=12, num_heads=12)
     )
     c.model = ml_collections.ConfigDict(
-        dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, pool="token", **size)
+      dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, pool="token", **size)
     )
 
   def transformer64(c):
@@ -173,7 +185,7 @@ def _with_baselines(variants: dict, arg: str | None) -> dict:
     c.model_name = "transformer"
     size = dict(width=32, num_layers=2, num_heads=2) if local else dict(width=512, num_layers=12, num_heads=8)
     c.model = ml_collections.ConfigDict(
-        dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, **size)
+      dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, **size)
     )
     c.input.resize_to = 16 if local else 64
     c.input.max_resolution = c.input.resize_to

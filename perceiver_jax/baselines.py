@@ -47,8 +47,10 @@ def _grid(tokens, grid_shape: tuple[int, int], model: str):
 
 
 def patchify(images, patch_size: int):
-  """images [B, H, W, C] -> [B, T, p*p*C]: non-overlapping p x p patches in raster order, each flattened
-  row by row, so a linear map of a patch is a stride-p convolution."""
+  """Non-overlapping p x p patches in raster order: images [B, H, W, C] -> [B, T, p*p*C].
+
+  Each patch is flattened row by row, so a linear map of the patches is a stride-p convolution.
+  """
   b, h, w, c = images.shape
   p = patch_size
   x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)  # [B, H/p, W/p, p, p, C]
@@ -60,7 +62,9 @@ def _encoder(
 ):
   """`num_layers` pre-LayerNorm self-attention blocks, then a final LayerNorm: [B, T, D] -> [B, T, D]."""
   for i in range(num_layers):
-    block = SelfAttentionBlock(num_heads, widening_factor, dropout_rate, name=f"block_{i}")
+    block = SelfAttentionBlock(
+      num_heads=num_heads, widening_factor=widening_factor, dropout_rate=dropout_rate, name=f"block_{i}"
+    )
     x = block(x, is_training=is_training)
   # Pre-LN blocks leave the residual stream unnormalised; the head needs it normalised.
   return layer_norm(x, "final_norm")

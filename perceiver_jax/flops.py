@@ -83,7 +83,7 @@ def _abstract_forward(config: ml_collections.ConfigDict):
   keys = jax.ShapeDtypeStruct((1,), jax.random.key(0).dtype)
   rng = jax.random.PRNGKey(0)
   params, state = jax.eval_shape(
-    lambda: model.init(rng, jnp.zeros(images.shape), is_training=False, example_keys=jax.random.split(rng, 1))
+    lambda: model.init(rng, jnp.zeros(images.shape), is_training=True, example_keys=jax.random.split(rng, 1))
   )
   return model, params, state, images, keys
 

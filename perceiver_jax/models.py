@@ -3,6 +3,7 @@
 `make_model(config)` returns an `hk.TransformedWithState` of
 `forward(images [B, H, W, C], *, is_training, example_keys=None) -> logits [B, num_classes]`;
 with `return_attention=True` (Perceiver only) it returns (logits, per-cross-attend weights [B, h, N, M]).
+The model computes in `config.precision` (precision.py); parameters and logits are float32.
 The constructor of the model class receives `config.model` as keyword arguments; grid models (those with
 `takes_grid_shape = True`) also receive the front end's `grid_shape`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import haiku as hk
 import ml_collections
 
+from perceiver_jax import precision
 from perceiver_jax.perceiver import Perceiver
 from perceiver_jax.preprocess import ImageFrontEnd
 
@@ -52,8 +54,10 @@ def make_model(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
     frontend = front_end(config)
     tokens = frontend(images, example_keys=example_keys)  # [B, M, C + P]
     model = model_module(config, frontend.grid_shape)
-    if return_attention:
-      return model(tokens, is_training=is_training, return_attention=True)
-    return model(tokens, is_training=is_training)
+    # config.precision: float32 parameters, compute in float32 or bfloat16, logits back in float32.
+    with precision.policy_scope(type(model), config.get("precision", "float32")):
+      if return_attention:
+        return model(tokens, is_training=is_training, return_attention=True)
+      return model(tokens, is_training=is_training)
 
   return hk.transform_with_state(forward)

@@ -1,0 +1,183 @@
+"""Train-step throughput of a config: the real step (forward, backward, optimizer) on synthetic data.
+
+`run(config)` builds `train.Trainer` on all local devices, feeds one synthetic batch of the config's
+shape, and returns speed and cost figures: images/s and the median step time after warm-up, compile
+time, the model's FLOPs in the paper's convention (3 x the analytic forward matmul FLOPs), XLA's own
+count of the step, and model-FLOPs utilisation against a large matmul measured in the same run on the
+same devices and dtype (the machine's practical ceiling, not its datasheet peak).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from perceiver_jax import flops, parallel, train
+
+# Backward is about twice the forward's matmuls: the usual convention for model FLOPs of a train step.
+TRAIN_FLOPS_PER_FORWARD = 3
+
+# Every field of the result; peak_device_mb is None on a CPU.
+FIELDS = (
+  "config_arg",
+  "platform",
+  "devices",
+  "cpu_count",
+  "precision",
+  "batch",
+  "images_per_s",
+  "step_s",
+  "step_s_min",
+  "compile_s",
+  "model_gflops_per_image",
+  "model_forward_gflops_per_image",
+  "xla_gflops_per_step",
+  "achieved_model_gflops",
+  "matmul_ceiling_gflops",
+  "mfu",
+  "loss",
+  "peak_host_mb",
+  "xla_temp_mb",
+  "peak_device_mb",
+)
+
+
+def _block(tree) -> None:
+  jax.tree.map(lambda x: x.block_until_ready(), tree)
+
+
+def matmul_ceiling(mesh, dtype, max_size: int = 2048, reps: int = 5) -> float:
+  """GFLOP/s of square matmuls on every device of `mesh` at once: the best over sizes up to `max_size`."""
+  best = 0.0
+  size = min(1024, max_size)
+  while size <= max_size:
+    x = jnp.ones((mesh.size, size, size), dtype)
+    x = jax.device_put(x, parallel.batch_sharded(mesh))
+    f = parallel.data_parallel(lambda a: a @ a, mesh, in_specs=parallel.SHARDED, out_specs=parallel.SHARDED)
+    _block(f(x))
+    for _ in range(reps):
+      start = time.perf_counter()
+      _block(f(x))
+      best = max(best, 2 * mesh.size * size**3 / (time.perf_counter() - start) / 1e9)
+    size *= 2
+  return best
+
+
+def global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  per_device = config.benchmark.get("batch_per_device")
+  return per_device * num_devices if per_device else config.train.global_batch_size
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, np.ndarray]:
+  """Uniform images [batch, H, W, C] and random int32 labels [batch]."""
+  rng = np.random.default_rng(config.seed)
+  size, channels = config.dataset.image_size, config.dataset.num_channels
+  return {
+    "image": rng.uniform(size=(batch, size, size, channels)).astype(np.float32),
+    "label": rng.integers(0, config.dataset.num_classes, size=(batch,)).astype(np.int32),
+  }
+
+
+def model_forward_flops(config: ml_collections.ConfigDict) -> float:
+  """Forward FLOPs per image in the paper's convention (analytic for the Perceiver)."""
+  return flops.model_stats(config)["gflops"] * 1e9
+
+
+def xla_step_flops(trainer: train.Trainer, train_state, batch) -> float:
+  """XLA's FLOP count of one step, every repeat counted.
+
+  cost_analysis counts a loop body once, so the count is taken on a lowering with the repeats unrolled.
+  """
+  config = trainer.config
+  if config.model_name == "perceiver" and config.model.get("scan_repeats"):
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.scan_repeats = False
+    trainer = train.Trainer(config, mesh=trainer.mesh, total_steps=trainer.total_steps)
+  cost = trainer.train_step.lower(train_state, batch).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The count is of the per-device program.
+  return float(cost.get("flops", float("nan"))) * trainer.mesh.size
+
+
+def _peak_device_mb(devices) -> float | None:
+  peaks = []
+  for device in devices:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(stats["peak_bytes_in_use"])
+  return max(peaks) / 2**20 if peaks else None
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Compiles and times `config`'s train step; returns the figures as a flat dict."""
+  mesh = parallel.make_mesh(jax.local_devices())
+  bench = config.benchmark
+  batch_size = global_batch_size(config, mesh.size)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.global_batch_size = config.train.eval_batch_size = batch_size
+  steps = bench.warmup_steps + bench.steps
+  trainer = train.Trainer(config, mesh=mesh, total_steps=steps)
+  train_state = trainer.init()
+  batch = parallel.shard_batch(mesh, synthetic_batch(config, batch_size))
+
+  start = time.perf_counter()
+  step = trainer.train_step.lower(train_state, batch).compile()
+  compile_s = time.perf_counter() - start
+  memory = step.memory_analysis()
+
+  for _ in range(bench.warmup_steps):
+    train_state, metrics = step(train_state, batch)
+  _block(metrics)
+  times = []
+  for _ in range(bench.steps):
+    start = time.perf_counter()
+    train_state, metrics = step(train_state, batch)
+    _block(metrics)
+    times.append(time.perf_counter() - start)
+  loss = float(jax.device_get(metrics["loss"]))
+  step_s = statistics.median(times)
+
+  dtype = jnp.bfloat16 if config.precision == "bfloat16" else jnp.float32
+  ceiling = matmul_ceiling(mesh, dtype, bench.matmul_size)
+  forward = model_forward_flops(config)
+  model_gflops = TRAIN_FLOPS_PER_FORWARD * forward / 1e9
+  images_per_s = batch_size / step_s
+  result = {
+    "config_arg": config.get("config_arg", ""),
+    "platform": mesh.devices.flat[0].platform,
+    "devices": mesh.size,
+    "cpu_count": os.cpu_count(),
+    "precision": config.precision,
+    "batch": batch_size,
+    "images_per_s": images_per_s,
+    "step_s": step_s,
+    "step_s_min": min(times),
+    "compile_s": compile_s,
+    "model_gflops_per_image": model_gflops,
+    "model_forward_gflops_per_image": forward / 1e9,
+    "xla_gflops_per_step": xla_step_flops(trainer, train_state, batch) / 1e9,
+    "achieved_model_gflops": images_per_s * model_gflops,
+    "matmul_ceiling_gflops": ceiling,
+    "mfu": images_per_s * model_gflops / ceiling,
+    "loss": loss,
+    "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "xla_temp_mb": getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory else None,
+    "peak_device_mb": _peak_device_mb(mesh.devices.flat) if mesh.devices.flat[0].platform != "cpu" else None,
+  }
+  return result
+
+
+def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Runs `config` and prints the result as one JSON line (scripts/benchmark.py)."""
+  result = run(config)
+  print(json.dumps(result), flush=True)
+  return result

@@ -1,0 +1,492 @@
+"""The paper's tables from finished runs: which run fills which row, and the Markdown, CSV and plots.
+
+A run is a directory holding `results.json` (`eval.top1` a fraction, `params`, `step`), `config.json` (the
+resolved config) and optionally `metrics.jsonl`. Rows are predicates on the config: `model_name`,
+`input.position_encoding` and the Perceiver's architecture choose the row, `input.permutation` the column
+(`none` raw, `fixed` permuted, `random` a fresh permutation per example). Runs that share a cell (seeds)
+are averaged; a cell without runs shows a dash, never a made-up number. The paper's figures are the
+ImageNet ones whatever the dataset; at another dataset (digits) they are the reference, not the target.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from absl import logging
+
+DASH = "—"
+PERMUTATIONS = ("none", "fixed", "random")
+COLUMN_TITLES = {"none": "raw", "fixed": "permuted", "random": "random perm."}
+# The Perceiver's cross-attends K and latent Transformers R in a dataset's main configuration (the paper's
+# 8 and 8 on ImageNet, where the ablations vary K at R = 8); any K and R elsewhere.
+MAIN_PERCEIVER = {"imagenet2012": {"num_cross_attends": 8, "num_latent_transformers": 8}}
+
+Config = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One finished run: its directory, resolved config, results and logged metrics."""
+
+  path: str
+  config: Config
+  results: Mapping[str, Any]
+  metrics: Sequence[Mapping[str, Any]] = ()
+
+  @property
+  def dataset(self) -> str:
+    return self.config["dataset"]["name"]
+
+  @property
+  def permutation(self) -> str:
+    return self.config["input"].get("permutation", "none")
+
+  @property
+  def top1(self) -> float:
+    """Eval top-1 in percent."""
+    return 100.0 * float(self.results["eval"]["top1"])
+
+  def curve(self) -> tuple[list[int], list[float]]:
+    """(steps, eval top-1 in percent) from metrics.jsonl, else from the results' history."""
+    points = [(m["step"], m["eval_top1"]) for m in self.metrics if "eval_top1" in m]
+    if not points:
+      points = [(h["step"], h["top1"]) for h in self.results.get("history", ()) if "top1" in h]
+    return [int(s) for s, _ in points], [100.0 * float(t) for _, t in points]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """A table row: its name, the paper's top-1 per column (None: not in the paper), and its runs' test."""
+
+  name: str
+  paper: Mapping[str, float | None]
+  matches: Callable[[Config], bool]
+  note: str = ""  # Table 2's input receptive field.
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  key: str  # File stem of its CSV.
+  title: str
+  rows: Sequence[Row]
+  columns: Sequence[str] = ("none",)  # Permutations, one measured column each.
+  note_title: str = ""
+  row_title: str = "model"
+  ablation: bool = False  # Ablation tables are ImageNet's and shown only when one of their runs exists.
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """The runs of one row and column: n, mean and sample standard deviation of top-1 (percent)."""
+
+  runs: tuple[Run, ...]
+
+  @property
+  def n(self) -> int:
+    return len(self.runs)
+
+  @property
+  def mean(self) -> float | None:
+    return sum(r.top1 for r in self.runs) / self.n if self.runs else None
+
+  @property
+  def std(self) -> float | None:
+    if self.n < 2:
+      return None
+    mean = self.mean
+    return math.sqrt(sum((r.top1 - mean) ** 2 for r in self.runs) / (self.n - 1))
+
+
+# Row predicates -------------------------------------------------------------------------------------
+
+
+def _model(config: Config) -> Config:
+  return config.get("model", {})
+
+
+def _position(config: Config) -> str:
+  return config["input"].get("position_encoding", "fourier")
+
+
+def _is(model_name: str, position: str) -> Callable[[Config], bool]:
+  return lambda c: c["model_name"] == model_name and _position(c) == position
+
+
+def _perceiver(
+  cross_attends: int | None = None,
+  layout: str = "interleaved",
+  shared: bool = True,
+  latent_transformer: bool = True,
+) -> Callable[[Config], bool]:
+  """A Perceiver (FF) with these ablation settings; `cross_attends=None` means the dataset's main K.
+
+  R is the dataset's main one, except without latent Transformers, where it does not matter."""
+
+  def matches(c: Config) -> bool:
+    m = _model(c)
+    k = m.get("num_cross_attends", 8)
+    r = m.get("num_latent_transformers", k)  # Before R existed, each cross-attend had its own.
+    main = MAIN_PERCEIVER.get(c["dataset"]["name"], {"num_cross_attends": k, "num_latent_transformers": r})
+    return (
+      c["model_name"] == "perceiver"
+      and _position(c) == "fourier"
+      and k == (cross_attends if cross_attends is not None else main["num_cross_attends"])
+      and (r == main["num_latent_transformers"] or not latent_transformer)
+      and m.get("cross_attend_layout", "interleaved") == layout
+      and m.get("share_cross_attends", True) == shared
+      and m.get("share_latent_transformers", True) == shared
+      and (m.get("num_self_attends_per_block", 6) > 0) == latent_transformer
+    )
+
+  return matches
+
+
+def _learned_perceiver(c: Config) -> bool:
+  # The paper's learned-position Perceiver has a single cross-attend; any count is accepted here.
+  m = _model(c)
+  return (
+    c["model_name"] == "perceiver"
+    and _position(c) == "learned"
+    and m.get("share_cross_attends", True)
+    and m.get("share_latent_transformers", True)
+    and m.get("num_self_attends_per_block", 6) > 0
+  )
+
+
+def _raw(top1: float) -> dict[str, float]:
+  return {"none": top1}
+
+
+def tables() -> list[Table]:
+  """The paper's Tables 1 and 2 and its ImageNet ablations, with its figures."""
+  table1 = Table(
+    "table1",
+    "Table 1: top-1",
+    [
+      Row("ResNet-50 (from the literature)", _raw(77.6), _is("resnet50", "none")),
+      Row("ViT-B-16 (from the literature)", _raw(77.9), _is("vit", "none")),
+      Row("ResNet-50 (FF)", _raw(73.5), _is("resnet50", "fourier")),
+      Row("ViT-B-16 (FF)", _raw(76.7), _is("vit", "fourier")),
+      Row("Transformer (64x64, FF)", _raw(57.0), _is("transformer", "fourier")),
+      Row("Perceiver (FF)", _raw(78.0), _perceiver()),
+    ],
+  )
+  table2 = Table(
+    "table2",
+    "Table 2: permuted pixels",
+    [
+      Row("ResNet-50 (FF)", {"none": 73.5, "fixed": 39.4}, _is("resnet50", "fourier"), "49"),
+      Row("ViT-B-16 (FF)", {"none": 76.7, "fixed": 61.7}, _is("vit", "fourier"), "256"),
+      Row("Transformer (64x64, FF)", {"none": 57.0, "fixed": 57.0}, _is("transformer", "fourier"), "4,096"),
+      Row("Perceiver (FF)", {"none": 78.0, "fixed": 78.0}, _perceiver(), "50,176"),
+      Row("Perceiver (learned pos.)", {"none": 70.9, "fixed": 70.9}, _learned_perceiver, "50,176"),
+    ],
+    columns=PERMUTATIONS,
+    note_title="input receptive field (paper)",
+  )
+  interleaved = Table(
+    "ablation_cross_attends",
+    "Ablation: cross-attends, interleaved with the latent Transformers",
+    [
+      Row(str(k), _raw(top1), _perceiver(cross_attends=k))
+      for k, top1 in ((1, 76.7), (2, 76.5), (4, 76.5), (8, 78.0))
+    ],
+    row_title="cross-attends",
+    ablation=True,
+  )
+  at_start = Table(
+    "ablation_cross_attends_at_start",
+    "Ablation: all cross-attends at the start",
+    [
+      Row(str(k), _raw(top1), _perceiver(cross_attends=k, layout="start"))
+      for k, top1 in ((2, 76.7), (4, 75.9), (8, 73.7))
+    ],
+    row_title="cross-attends",
+    ablation=True,
+  )
+  sharing = Table(
+    "ablation_sharing",
+    "Ablation: weight sharing (8 cross-attends)",
+    [
+      Row("shared", _raw(78.0), _perceiver(cross_attends=8)),
+      Row("unshared", _raw(72.9), _perceiver(cross_attends=8, shared=False)),
+    ],
+    row_title="weights",
+    ablation=True,
+  )
+  cross_only = Table(
+    "ablation_cross_attends_only",
+    "Ablation: cross-attends only, no latent Transformer",
+    [
+      Row(str(k), _raw(top1), _perceiver(cross_attends=k, latent_transformer=False))
+      for k, top1 in ((4, 39.4), (8, 45.3))
+    ],
+    row_title="cross-attends",
+    ablation=True,
+  )
+  return [table1, table2, interleaved, at_start, sharing, cross_only]
+
+
+ABLATION_DATASET = "imagenet2012"
+
+
+# Filling and rendering ------------------------------------------------------------------------------
+
+
+def fill(table: Table, runs: Iterable[Run], dataset: str) -> dict[tuple[str, str], Cell]:
+  """(row name, permutation) -> the cell of `dataset`'s runs that match the row."""
+  runs = [r for r in runs if r.dataset == dataset]
+  return {
+    (row.name, col): Cell(tuple(r for r in runs if r.permutation == col and row.matches(r.config)))
+    for row in table.rows
+    for col in table.columns
+  }
+
+
+def _row_runs(table: Table, row: Row, cells: Mapping[tuple[str, str], Cell]) -> list[Run]:
+  return [r for col in table.columns for r in cells[(row.name, col)].runs]
+
+
+def _figure(value: float | None) -> str:
+  return DASH if value is None else f"{value:.1f}"
+
+
+def _measured(cell: Cell) -> str:
+  if not cell.n:
+    return DASH
+  if cell.n == 1:
+    return f"{cell.mean:.1f}"
+  return f"{cell.mean:.1f} ± {cell.std:.1f} (n={cell.n})"
+
+
+def _params(runs: Sequence[Run]) -> int | None:
+  # Runs of one row differ only in seed and permutation, so in nothing that changes the count.
+  counts = [int(r.results["params"]) for r in runs if "params" in r.results]
+  return counts[0] if counts else None
+
+
+def format_params(count: int | None) -> str:
+  if count is None:
+    return DASH
+  return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.1f}K"
+
+
+def format_gflops(value: float | None) -> str:
+  return DASH if value is None else f"{value:.4g}"
+
+
+GflopsFn = Callable[[Config], float | None]
+
+
+_GFLOPS_CACHE: dict[str, float | None] = {}
+
+
+def config_gflops(config: Config) -> float | None:
+  """Forward GFLOPs per example of a run's model (from its config.json), counted by `flops`, nothing run."""
+  import ml_collections
+
+  from perceiver_jax import flops
+
+  key = json.dumps(config, sort_keys=True)
+  if key not in _GFLOPS_CACHE:  # Tracing a model takes seconds; every table asks for the same rows.
+    try:
+      _GFLOPS_CACHE[key] = float(flops.model_stats(ml_collections.ConfigDict(dict(config)))["gflops"])
+    except (ValueError, TypeError, KeyError) as e:  # A run of an older config that no longer builds.
+      logging.warning("No GFLOPs for %s: %s", config.get("model_name"), e)
+      _GFLOPS_CACHE[key] = None
+  return _GFLOPS_CACHE[key]
+
+
+def _gflops(runs: Sequence[Run], gflops_fn: GflopsFn | None) -> float | None:
+  return gflops_fn(runs[0].config) if runs and gflops_fn else None
+
+
+def render_markdown(
+  table: Table, cells: Mapping[tuple[str, str], Cell], dataset: str, gflops_fn: GflopsFn | None = None
+) -> str:
+  """The table as Markdown: the paper's and the measured top-1 per column, params and GFLOPs."""
+  # A column the paper has no figure for (the random permutation) shows only the measured one.
+  with_paper = [any(row.paper.get(col) is not None for row in table.rows) for col in table.columns]
+  header = [table.row_title]
+  for col, paper in zip(table.columns, with_paper, strict=True):
+    title = COLUMN_TITLES[col] if len(table.columns) > 1 else "top-1"
+    header += [f"{title}: paper", f"{title}: measured"] if paper else [f"{title}: measured"]
+  if table.note_title:
+    header.append(table.note_title)
+  header += ["params", "GFLOPs"]
+  lines = [f"### {table.title} ({dataset})", "", "| " + " | ".join(header) + " |"]
+  lines.append("|" + "|".join("---" for _ in header) + "|")
+  for row in table.rows:
+    runs = _row_runs(table, row, cells)
+    fields = [row.name]
+    for col, paper in zip(table.columns, with_paper, strict=True):
+      fields += [_figure(row.paper.get(col))] if paper else []
+      fields.append(_measured(cells[(row.name, col)]))
+    if table.note_title:
+      fields.append(row.note or DASH)
+    fields += [format_params(_params(runs)), format_gflops(_gflops(runs, gflops_fn))]
+    lines.append("| " + " | ".join(fields) + " |")
+  return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = (
+  "dataset",
+  "table",
+  "row",
+  "permutation",
+  "paper_top1",
+  "top1_mean",
+  "top1_std",
+  "num_runs",
+  "params",
+  "gflops",
+)
+
+
+def render_csv(
+  table: Table, cells: Mapping[tuple[str, str], Cell], dataset: str, gflops_fn: GflopsFn | None = None
+) -> str:
+  """The table in long form, one line per row and column, numbers unformatted; empty where unknown."""
+  out = io.StringIO()
+  writer = csv.DictWriter(out, CSV_FIELDS, lineterminator="\n")
+  writer.writeheader()
+  for row in table.rows:
+    runs = _row_runs(table, row, cells)
+    params, gflops = _params(runs), _gflops(runs, gflops_fn)
+    for col in table.columns:
+      cell = cells[(row.name, col)]
+      values = dict(
+        dataset=dataset,
+        table=table.key,
+        row=row.name,
+        permutation=col,
+        paper_top1=row.paper.get(col),
+        top1_mean=cell.mean,
+        top1_std=cell.std,
+        num_runs=cell.n,
+        params=params,
+        gflops=gflops,
+      )
+      writer.writerow({k: "" if v is None else v for k, v in values.items()})
+  return out.getvalue()
+
+
+def row_name(run: Run) -> str | None:
+  """The first Table 1 or 2 row that `run` belongs to, or None."""
+  for table in tables():
+    if table.ablation:
+      continue
+    for row in table.rows:
+      if row.matches(run.config):
+        return row.name
+  return None
+
+
+# Runs on disk ---------------------------------------------------------------------------------------
+
+
+def load_run(path: str) -> Run:
+  with open(os.path.join(path, "results.json")) as f:
+    results = json.load(f)
+  with open(os.path.join(path, "config.json")) as f:
+    config = json.load(f)
+  metrics = []
+  metrics_path = os.path.join(path, "metrics.jsonl")
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      metrics = [json.loads(line) for line in f if line.strip()]
+  return Run(path, config, results, tuple(metrics))
+
+
+def find_runs(roots: Iterable[str]) -> list[Run]:
+  """Every finished run (a directory with results.json and config.json) under `roots`, sorted by path."""
+  paths = set()
+  for root in roots:
+    for directory, _, files in os.walk(root):
+      if "results.json" in files and "config.json" in files:
+        paths.add(os.path.normpath(directory))
+  return [load_run(p) for p in sorted(paths)]
+
+
+def report(runs: Sequence[Run], gflops_fn: GflopsFn | None = None) -> list[tuple[str, Table, str, str]]:
+  """(dataset, table, Markdown, CSV) for Tables 1 and 2 of every dataset with runs (ImageNet if none) and
+  for each ablation table with at least one ImageNet run."""
+  datasets = sorted({r.dataset for r in runs}) or [ABLATION_DATASET]
+  out = []
+  for dataset in datasets:
+    for table in tables():
+      cells = fill(table, runs, dataset)
+      if table.ablation and (dataset != ABLATION_DATASET or not any(c.n for c in cells.values())):
+        continue
+      out.append(
+        (
+          dataset,
+          table,
+          render_markdown(table, cells, dataset, gflops_fn),
+          render_csv(table, cells, dataset, gflops_fn),
+        )
+      )
+  return out
+
+
+def plot_curves(runs: Sequence[Run], path: str, title: str = "") -> None:
+  """Eval top-1 against step, one panel per permutation, one line per run coloured by its row."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  names = sorted({row_name(r) or r.config["model_name"] for r in runs})
+  colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+  fig, axes = plt.subplots(1, len(PERMUTATIONS), figsize=(5 * len(PERMUTATIONS), 4), sharey=True)
+  for ax, col in zip(axes, PERMUTATIONS, strict=True):
+    labelled = set()
+    for run in runs:
+      if run.permutation != col:
+        continue
+      steps, top1 = run.curve()
+      if not steps:
+        continue
+      name = row_name(run) or run.config["model_name"]
+      ax.plot(steps, top1, color=colours[name], marker=".", label=None if name in labelled else name)
+      labelled.add(name)
+    ax.set_title(COLUMN_TITLES[col])
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if labelled:
+      ax.legend(fontsize="small")
+  axes[0].set_ylabel("eval top-1 (%)")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_report(runs: Sequence[Run], out_dir: str, gflops_fn: GflopsFn | None = None) -> str:
+  """Writes tables.md, one CSV per table and dataset, and curves_<dataset>.png; returns the Markdown."""
+  os.makedirs(out_dir, exist_ok=True)
+  parts = [
+    f"# The paper's tables, measured\n\n{len(runs)} runs. Top-1 in percent on the eval split; measured: the "
+    f"mean ± sample standard deviation (n runs, seeds) where several runs share a cell, {DASH} where none "
+    "exists. Params and GFLOPs (forward, per example, 2 x multiply-adds) are those of the runs' models.\n"
+  ]
+  for dataset, table, markdown, table_csv in report(runs, gflops_fn):
+    parts.append(markdown)
+    with open(os.path.join(out_dir, f"{table.key}_{dataset}.csv"), "w") as f:
+      f.write(table_csv)
+  for dataset in sorted({r.dataset for r in runs}):
+    plot_curves(
+      [r for r in runs if r.dataset == dataset], os.path.join(out_dir, f"curves_{dataset}.png"), dataset
+    )
+  markdown = "\n".join(parts)
+  with open(os.path.join(out_dir, "tables.md"), "w") as f:
+    f.write(markdown)
+  return markdown
