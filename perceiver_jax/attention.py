@@ -12,7 +12,8 @@ them themselves):
 - q/k/v (self-attention) and k/v (cross-attention) are one matmul each.
 - The key bias is not applied: it adds q . b_k to every logit of a row, which softmax ignores (its
   gradient is exactly zero either way).
-- Softmax is fused with its matmuls and has its own backward (one pass over the [N, M] weights each way).
+- Attention is laid out for the CPU's matmul library, with the softmax fused into the logits' matmul
+  (`_attend`); one key/value head shared by all query heads needs no head axis at all.
 - Single-head cross-attention can fold the key and value projections into the queries: with
   k = x W_k and v = x W_v, q k^T = (q W_k^T) x^T and p v = (p x) W_v, so the [M, C] x [C, Q] projections
   of all M inputs become [N, Q] x [Q, C] products on the N latents (`fold_projections`).
@@ -54,9 +55,9 @@ def dot_product_attention(
       every query head).
     mask: optional bool [B, M]; False keys get no weight.
     scale: multiplies the logits; default Q ** -0.5.
-    impl: 'xla': softmax fused with its matmuls and its own backward, any head size; 'jax':
-      `jax.nn.dot_product_attention`, which uses cuDNN's fused kernel where it can and XLA elsewhere;
-      'cudnn': that kernel or an error (GPU, float16/bfloat16, head sizes it supports).
+    impl: 'xla': XLA with layouts chosen for the CPU matmul library (see `_attend`), any head size;
+      'jax': `jax.nn.dot_product_attention`, which uses cuDNN's fused kernel where it can and XLA
+      elsewhere; 'cudnn': that kernel or an error (GPU, float16/bfloat16, head sizes it supports).
     chunk_size: ('xla' only) attend to the keys in chunks of this many: exact (online softmax), with
       O(N x chunk) memory instead of O(N x M), in the backward pass too.
     return_weights: also return the attention weights [B, H, N, M] (the output is computed as without).
@@ -71,10 +72,7 @@ def dot_product_attention(
   if k.shape[2] not in (1, q.shape[2]) or v.shape[2] != k.shape[2]:
     raise ValueError(f"Key/value heads {k.shape[2]}, {v.shape[2]} must be 1 or the {q.shape[2]} query heads.")
   scale = q.shape[-1] ** -0.5 if scale is None else scale
-  # Heads-major layouts for the batched matmuls: [B, H, N, Q]; one shared key head drops its axis.
-  qh = jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2)
-  heads_axis = lambda x: x[:, :, 0] if x.shape[2] == 1 else jnp.swapaxes(x, 1, 2)
-  kh, vh = heads_axis(k), heads_axis(v)
+  qs, ks, vs, key_mask, from_heads = _batched_heads(q * jnp.asarray(scale, q.dtype), k, v, mask)
   weights = None
   if impl != "xla":
     mask4 = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, M]
@@ -82,77 +80,97 @@ def dot_product_attention(
       q, k, v, mask=mask4, scale=scale, implementation=None if impl == "jax" else "cudnn"
     ).astype(v.dtype)
   elif chunk_size is not None and chunk_size < k.shape[1]:
-    out = jnp.swapaxes(_chunked_attention(qh, kh, vh, mask, chunk_size), 1, 2)
+    out = from_heads(_chunked_attention(qs, ks, vs, key_mask, chunk_size))
   else:
-    out, weights = _fused_attention(qh, kh, vh, mask)
-    out = jnp.swapaxes(out, 1, 2)  # [B, N, H, V]
+    out, weights = _attend(qs, ks, vs, key_mask)
+    out = from_heads(out)
   if not return_weights:
     return out
-  if weights is None:  # Only the fused path has them at hand: the others' are computed again.
-    weights = jax.nn.softmax(_masked(_logits(qh, kh), mask), axis=-1)
-  return out, weights
+  if weights is None:  # Only the unchunked 'xla' path has them at hand: the others' are computed again.
+    weights = _softmax_weights(qs, ks, key_mask)
+  return out, weights.reshape(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
 
 
-def _logits(q, k):
-  """q [B, H, N, Q] . k [B, H, M, Q] or [B, M, Q] -> float32 [B, H, N, M]."""
-  spec = "bhnq,bhmq->bhnm" if k.ndim == 4 else "bhnq,bmq->bhnm"
-  return jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
+def _batched_heads(q, k, v, mask):
+  """Layouts for the batched matmuls, and the way back to [B, N, H, V].
+
+  One key/value head: its H query heads are H * N queries, [B, H N, Q] against [B, M, Q], with no head
+  axis to transpose (for H = 1 the reshapes are free). Otherwise heads-major: [B, H, N, Q].
+  """
+  b, n, h, _ = q.shape
+  if k.shape[2] == 1:
+    qs = jnp.swapaxes(q, 1, 2).reshape(b, h * n, -1)
+    return qs, k[:, :, 0], v[:, :, 0], mask, lambda x: jnp.swapaxes(x.reshape(b, h, n, -1), 1, 2)
+  key_mask = None if mask is None else mask[:, None, :]  # [B, 1, M]: batch axes then keys
+  qs, ks, vs = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+  return qs, ks, vs, key_mask, lambda x: jnp.swapaxes(x, 1, 2)
 
 
-def _weighted_sum(p, v):
-  """p [B, H, N, M] . v [B, H, M, V] or [B, M, V] -> float32 [B, H, N, V]."""
-  spec = "bhnm,bhmv->bhnv" if v.ndim == 4 else "bhnm,bmv->bhnv"
-  return jnp.einsum(spec, p, v, preferred_element_type=jnp.float32)
-
-
-def _key_grad(ds, x, like):
-  """ds [B, H, N, M] . x [B, H, N, Q] -> the keys' (or values') gradient, shaped like `like`."""
-  spec = "bhnm,bhnq->bhmq" if like.ndim == 4 else "bhnm,bhnq->bmq"
-  return jnp.einsum(spec, ds, x, preferred_element_type=jnp.float32).astype(like.dtype)
-
-
-def _masked(s, mask):
-  if mask is None:
+def _masked(s, key_mask, keys_axis: int):
+  """Logits s [..., N, M] (keys_axis -1) or [..., M, N] (-2) with masked keys at the most negative finite
+  value (a row with every key masked stays finite); key_mask is [..., M], the batch axes then the keys."""
+  if key_mask is None:
     return s
-  # The most negative finite value, not -inf: a row with every key masked stays finite (uniform).
-  return jnp.where(mask[:, None, None, :], s, jnp.finfo(s.dtype).min)
+  key_mask = key_mask[..., None, :] if keys_axis == -1 else key_mask[..., :, None]
+  return jnp.where(key_mask, s, jnp.finfo(s.dtype).min)
+
+
+def _softmax_weights(q, k, key_mask):
+  """softmax(q k^T) [..., N, M] in float32."""
+  s = jnp.einsum("...nq,...mq->...nm", q, k, preferred_element_type=jnp.float32)
+  return jax.nn.softmax(_masked(s, key_mask, -1), axis=-1)
+
+
+def _attend(q, k, v, key_mask):
+  """softmax(q k^T) v for q [..., N, Q], k [..., M, Q], v [..., M, V]: ([..., N, V], weights [..., N, M]).
+
+  Laid out for the CPU's matmul library (YNNPACK under XLA), which runs A B and A B^T products fused with
+  their elementwise neighbours but leaves A^T B ones to a slower path: keys-major logits [..., M, N] with
+  the softmax over the major axis when there are more keys than queries (cross-attention: 1.3-1.5x
+  faster there), queries-major otherwise, with a backward that never contracts a big operand's major
+  axis (`_queries_major`). Logits and softmax in float32.
+  """
+  if k.shape[-2] > q.shape[-2]:
+    s = jnp.einsum("...mq,...nq->...mn", k, q, preferred_element_type=jnp.float32)
+    p = jax.nn.softmax(_masked(s, key_mask, -2), axis=-2)  # [..., M, N]
+    out = jnp.einsum("...mn,...mv->...nv", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.astype(v.dtype), jnp.swapaxes(p, -1, -2)
+  return _queries_major(q, k, v, key_mask)
 
 
 @jax.custom_vjp
-def _fused_attention(q, k, v, mask):
-  """(softmax(q k^T) v, softmax(q k^T)), normalised after the weighted sum (on [N, V], not [N, M]).
-
-  The weights [B, H, N, M] cost nothing unless used: unused outputs are dropped by XLA.
-  """
-  return _fused_attention_fwd(q, k, v, mask)[0]
+def _queries_major(q, k, v, key_mask):
+  return _queries_major_fwd(q, k, v, key_mask)[0]
 
 
-def _fused_attention_fwd(q, k, v, mask):
-  s = _masked(_logits(q, k), mask)  # [B, H, N, M]
-  e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True)).astype(v.dtype)
-  inv_sum = 1.0 / jnp.sum(e, axis=-1, keepdims=True, dtype=jnp.float32)  # [B, H, N, 1]
-  out = (_weighted_sum(e, v) * inv_sum).astype(v.dtype)  # [B, H, N, V]
-  return (out, e * inv_sum), (q, k, v, mask, e, inv_sum, out)
+def _queries_major_fwd(q, k, v, key_mask):
+  s = jnp.einsum("...nq,...mq->...nm", q, k, preferred_element_type=jnp.float32)
+  p = jax.nn.softmax(_masked(s, key_mask, -1), axis=-1)  # [..., N, M]
+  out = jnp.einsum("...nm,...mv->...nv", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = out.astype(v.dtype)
+  return (out, p), (q, k, v, key_mask, p, out)
 
 
-def _fused_attention_bwd(residuals, cotangents):
-  q, k, v, mask, e, inv_sum, out = residuals
-  d_out, d_weights = cotangents
-  # With p = e * inv_sum: dS = p * (dP - delta), delta = rowsum(p * dP) = rowsum(d_out * out), a sum over
-  # V rather than over M. A cotangent of the weights themselves adds p * (dW - rowsum(p * dW)); it is
-  # zero in training, and XLA drops the terms.
-  d_out = d_out.astype(jnp.float32)
-  delta = jnp.sum(d_out * out, axis=-1, keepdims=True)  # [B, H, N, 1]
-  dp = _logits(d_out.astype(v.dtype), v) + d_weights  # [B, H, N, M]
-  delta = delta + jnp.sum(d_weights * e * inv_sum, axis=-1, keepdims=True)
-  ds = (e * ((dp - delta) * inv_sum)).astype(q.dtype)
-  dq = jnp.einsum("bhnm,bhmq->bhnq" if k.ndim == 4 else "bhnm,bmq->bhnq", ds, k).astype(q.dtype)
-  dk = _key_grad(ds, q, k)
-  dv = _key_grad(e, (d_out * inv_sum).astype(v.dtype), v)
-  return dq, dk, dv, None
+def _queries_major_bwd(residuals, cotangents):
+  q, k, v, key_mask, p, out = residuals
+  d_out, d_p = cotangents  # d_p: a cotangent of the returned weights (zero in training).
+  dp = jnp.einsum("...nv,...mv->...nm", d_out, v, preferred_element_type=jnp.float32) + d_p
+  # Softmax backward, dS = p * (dP - rowsum(p * dP)), with rowsum(p * dP_out) = rowsum(d_out * out).
+  delta = jnp.sum(d_out.astype(jnp.float32) * out, axis=-1, keepdims=True)
+  delta = delta + jnp.sum(p * d_p, axis=-1, keepdims=True)
+  ds = p * (dp - delta)
+  dq = jnp.einsum("...nm,...mq->...nq", ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+  # dK = dS^T q and dV = p^T d_out, as (q^T dS)^T and (d_out^T p)^T: transposing the small [N, Q]
+  # operands keeps both products in the fast A B form. The barrier keeps XLA from folding the
+  # transposes back into the products (which would make them A^T B again).
+  q_t, d_out_t = lax.optimization_barrier((jnp.swapaxes(q, -1, -2), jnp.swapaxes(d_out, -1, -2)))
+  dk_t = jnp.einsum("...qn,...nm->...qm", q_t, ds.astype(q.dtype), preferred_element_type=jnp.float32)
+  dv_t = jnp.einsum("...vn,...nm->...vm", d_out_t, p.astype(v.dtype), preferred_element_type=jnp.float32)
+  dk, dv = jnp.swapaxes(dk_t, -1, -2), jnp.swapaxes(dv_t, -1, -2)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
-_fused_attention.defvjp(_fused_attention_fwd, _fused_attention_bwd)
+_queries_major.defvjp(_queries_major_fwd, _queries_major_bwd)
 
 
 def _chunks(x, chunk: int, axis: int):
@@ -173,64 +191,75 @@ def _unchunk(x, axis: int, size: int):
   return lax.slice_in_dim(x, 0, size, axis=axis)
 
 
-def _chunk_inputs(k, v, mask, chunk):
+def _chunk_inputs(k, v, key_mask, chunk):
+  """Key chunks [C, ..., chunk, Q], value chunks and mask chunks [C, ..., chunk]; padding is masked."""
   m = k.shape[-2]
-  mask = jnp.ones((k.shape[0], m), bool) if mask is None else mask
-  # Padded keys are masked out; the keys' axis is -2 in both layouts.
-  return _chunks(k, chunk, k.ndim - 2), _chunks(v, chunk, v.ndim - 2), _chunks(mask, chunk, 1)
+  if key_mask is None:
+    key_mask = jnp.ones((k.shape[0], *[1] * (k.ndim - 3), m), bool)
+  keys_axis = k.ndim - 2
+  masks = _chunks(key_mask, chunk, key_mask.ndim - 1)
+  return _chunks(k, chunk, keys_axis), _chunks(v, chunk, keys_axis), masks
+
+
+def _chunk_logits(q, k_c, mask_c):
+  s = jnp.einsum("...nq,...mq->...nm", q, k_c, preferred_element_type=jnp.float32)
+  return _masked(s, mask_c, -1)  # [..., N, chunk]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _chunked_attention(q, k, v, mask, chunk):
-  return _chunked_attention_fwd(q, k, v, mask, chunk)[0]
+def _chunked_attention(q, k, v, key_mask, chunk):
+  """softmax(q k^T) v over key chunks; q [..., N, Q], k [..., M, Q], v [..., M, V], key_mask [..., M]."""
+  return _chunked_attention_fwd(q, k, v, key_mask, chunk)[0]
 
 
-def _chunked_attention_fwd(q, k, v, mask, chunk):
+def _chunked_attention_fwd(q, k, v, key_mask, chunk):
   """Online softmax over key chunks: running max, running sum and running weighted sum, rescaled."""
-  ks, vs, masks = _chunk_inputs(k, v, mask, chunk)
-  b, h, n = q.shape[:3]
+  ks, vs, masks = _chunk_inputs(k, v, key_mask, chunk)
   init = (
-    jnp.full((b, h, n, 1), jnp.finfo(jnp.float32).min),  # running max
-    jnp.zeros((b, h, n, 1), jnp.float32),  # running sum of exp
-    jnp.zeros((b, h, n, v.shape[-1]), jnp.float32),  # running weighted sum
+    jnp.full((*q.shape[:-1], 1), jnp.finfo(jnp.float32).min),  # running max
+    jnp.zeros((*q.shape[:-1], 1), jnp.float32),  # running sum of exp
+    jnp.zeros((*q.shape[:-1], v.shape[-1]), jnp.float32),  # running weighted sum
   )
 
   def step(carry, chunk_inputs):
     m, total, acc = carry
     k_c, v_c, mask_c = chunk_inputs
-    s = _masked(_logits(q, k_c), mask_c)  # [B, H, N, chunk]
+    s = _chunk_logits(q, k_c, mask_c)
     m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
     e = jnp.exp(s - m_new)
     rescale = jnp.exp(m - m_new)
     total = total * rescale + jnp.sum(e, axis=-1, keepdims=True)
-    acc = acc * rescale + _weighted_sum(e.astype(v.dtype), v_c)
+    acc = acc * rescale + jnp.einsum(
+      "...nm,...mv->...nv", e.astype(v.dtype), v_c, preferred_element_type=jnp.float32
+    )
     return (m_new, total, acc), None
 
   (m, total, acc), _ = lax.scan(step, init, (ks, vs, masks))
   out = (acc / total).astype(v.dtype)
-  log_sum = m + jnp.log(total)  # [B, H, N, 1]
-  return out, (q, k, v, mask, out, log_sum)
+  log_sum = m + jnp.log(total)  # [..., N, 1]
+  return out, (q, k, v, key_mask, out, log_sum)
 
 
 def _chunked_attention_bwd(chunk, residuals, d_out):
-  q, k, v, mask, out, log_sum = residuals
-  ks, vs, masks = _chunk_inputs(k, v, mask, chunk)
-  d_out = d_out.astype(jnp.float32)
-  delta = jnp.sum(d_out * out, axis=-1, keepdims=True)  # [B, H, N, 1]
+  q, k, v, key_mask, out, log_sum = residuals
+  ks, vs, masks = _chunk_inputs(k, v, key_mask, chunk)
+  # dS = p * (dP - delta) with delta = rowsum(p * dP) = rowsum(d_out * out): a sum over V, not over M.
+  delta = jnp.sum(d_out.astype(jnp.float32) * out, axis=-1, keepdims=True)  # [..., N, 1]
   d_out = d_out.astype(v.dtype)
 
   def step(dq, chunk_inputs):
     k_c, v_c, mask_c = chunk_inputs
-    p = jnp.exp(_masked(_logits(q, k_c), mask_c) - log_sum)  # [B, H, N, chunk]
-    ds = (p * (_logits(d_out, v_c) - delta)).astype(q.dtype)
-    dq = dq + jnp.einsum("bhnm,bhmq->bhnq" if k_c.ndim == 4 else "bhnm,bmq->bhnq", ds, k_c)
-    return dq, (_key_grad(ds, q, k_c), _key_grad(p.astype(v.dtype), d_out, v_c))
+    p = jnp.exp(_chunk_logits(q, k_c, mask_c) - log_sum)  # [..., N, chunk]
+    dp = jnp.einsum("...nv,...mv->...nm", d_out, v_c, preferred_element_type=jnp.float32)
+    ds = (p * (dp - delta)).astype(q.dtype)
+    dq = dq + jnp.einsum("...nm,...mq->...nq", ds, k_c, preferred_element_type=jnp.float32)
+    dk_c = jnp.einsum("...nm,...nq->...mq", ds, q, preferred_element_type=jnp.float32)
+    dv_c = jnp.einsum("...nm,...nv->...mv", p.astype(v.dtype), d_out, preferred_element_type=jnp.float32)
+    return dq, (dk_c.astype(k.dtype), dv_c.astype(v.dtype))
 
   dq, (dks, dvs) = lax.scan(step, jnp.zeros(q.shape, jnp.float32), (ks, vs, masks))
   m = k.shape[-2]
-  dk = _unchunk(dks, k.ndim - 2, m)
-  dv = _unchunk(dvs, v.ndim - 2, m)
-  return dq.astype(q.dtype), dk, dv, None
+  return dq.astype(q.dtype), _unchunk(dks, k.ndim - 2, m), _unchunk(dvs, v.ndim - 2, m), None
 
 
 _chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)

@@ -34,14 +34,14 @@ def reference_attention(q, k, v, mask):
   return jnp.einsum("bhnm,bmhv->bnhv", jax.nn.softmax(logits, axis=-1), v)
 
 
-def attention_case(kv_heads):
-  """q [2, 6, 2, 8]; k, v [2, 37, kv_heads, 8]; a mask keeping 37 and 20 keys; an output cotangent."""
+def attention_case(kv_heads, num_queries):
+  """q [2, N, 2, 8]; k, v [2, 37, kv_heads, 8]; a mask keeping 37 and 20 keys; an output cotangent."""
   kq, kk, kv, kc = jax.random.split(jax.random.PRNGKey(kv_heads), 4)
-  q = jax.random.normal(kq, (2, 6, 2, 8))
+  q = jax.random.normal(kq, (2, num_queries, 2, 8))
   k = 2.0 * jax.random.normal(kk, (2, 37, kv_heads, 8))
   v = jax.random.normal(kv, (2, 37, kv_heads, 8))
   mask = jnp.arange(37)[None] < jnp.array([[37], [20]])
-  return q, k, v, mask, jax.random.normal(kc, (2, 6, 2, 8))
+  return q, k, v, mask, jax.random.normal(kc, (2, num_queries, 2, 8))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -58,12 +58,20 @@ def attention_values_and_grads(impl, chunk, q, k, v, mask, cotangent):
 
 
 @pytest.mark.parametrize(
-  "impl,chunk,kv_heads",
-  [("xla", None, 2), ("xla", None, 1), ("xla", 8, 2), ("xla", 8, 1), ("jax", None, 2)],
+  "impl,chunk,kv_heads,num_queries",
+  [
+    ("xla", None, 2, 6),  # Keys-major (more keys than queries).
+    ("xla", None, 2, 40),  # Queries-major, with its own backward.
+    ("xla", None, 1, 6),
+    ("xla", 8, 2, 6),
+    ("xla", 8, 1, 40),
+    ("jax", None, 2, 6),
+  ],
 )
-def test_attention_paths_agree_with_the_formula(impl, chunk, kv_heads):
-  """Fused, chunked (37 keys in chunks of 8: padded and masked) and jax.nn paths; G = 1 shares a head."""
-  case = attention_case(kv_heads)
+def test_attention_paths_agree_with_the_formula(impl, chunk, kv_heads, num_queries):
+  """Both XLA layouts, chunked (37 keys in chunks of 8: padded and masked) and jax.nn; G = 1 shares a
+  key/value head among the query heads."""
+  case = attention_case(kv_heads, num_queries)
   (want, _), want_grads = attention_values_and_grads(None, None, *case)
   (got, weights), grads = attention_values_and_grads(impl, chunk, *case)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -188,7 +196,9 @@ def test_benchmark_tool_prints_every_field_and_bfloat16_training_stays_finite(co
   model = flops.perceiver_forward_flops(config.model, 8 * 8, 3 + 2 * (2 * 4 + 1))
   assert printed["model_gflops_per_image"] == pytest.approx(3 * model / 1e9)
   achieved = printed["images_per_s"] * printed["model_gflops_per_image"]
-  assert printed["mfu"] == pytest.approx(achieved / printed["matmul_ceiling_gflops"])
+  # mfu pairs every step with the matmul timed right after it (a median of ratios), so it equals the ratio
+  # of the medians only when the machine's speed holds still between steps: close, not exact.
+  assert printed["mfu"] == pytest.approx(achieved / printed["matmul_ceiling_gflops"], rel=0.3)
   # XLA's count (every repeat, elementwise work too, shared work done once) is near the model's.
   per_step = printed["model_gflops_per_image"] * printed["batch"]
   assert 0.5 * per_step < printed["xla_gflops_per_step"] < 2 * per_step
