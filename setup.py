@@ -6,7 +6,7 @@ setuptools.setup(
     # The PyPI name `perceiver-jax` belongs to an unrelated project; the import name stays perceiver_jax.
     name="perceiver-haiku-reference",
     version="0.1.0",
-    description="The Perceiver (Jaegle et al., ICML 2021) in JAX/Haiku: paper-exact configs, data-parallel training.",
+    description="The Perceiver (Jaegle et al., ICML 2021) in JAX/Haiku: paper-exact, data-parallel.",
     packages=setuptools.find_packages(include=["perceiver_jax", "perceiver_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
