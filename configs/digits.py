@@ -34,6 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     share_cross_attends=True,
     share_latent_transformers=True,
     cross_attend_layout="interleaved",
+    # Speed and memory switches (docs/performance.md); none changes the function or the parameters.
+    attention_impl="xla",  # or "jax": jax.nn.dot_product_attention (cuDNN's fused kernel on GPU)
+    cross_attention_chunk_size=None,  # e.g. 4096: cross-attention memory O(N x chunk), not O(N x M)
+    scan_repeats=True,  # the weight-shared repeats compiled once
+    remat=False,  # True: recompute each block in the backward pass (less memory, more compute)
   )
   c.input = dict(
     position_encoding="fourier",

@@ -25,69 +25,74 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.model_name = "perceiver"
   c.model = dict(
-      num_classes=1000,
-      num_latents=512,
-      latent_channels=1024,
-      num_latent_transformers=8,
-      num_cross_attends=8,
-      num_self_attends_per_block=6,
-      num_cross_heads=1,
-      num_self_heads=8,
-      cross_qk_channels=None,  # None: the input's channels (261), as in the paper.
-      widening_factor=1,
-      dropout_rate=0.0,
-      share_cross_attends=True,
-      share_latent_transformers=True,
-      cross_attend_layout="interleaved",
+    num_classes=1000,
+    num_latents=512,
+    latent_channels=1024,
+    num_latent_transformers=8,
+    num_cross_attends=8,
+    num_self_attends_per_block=6,
+    num_cross_heads=1,
+    num_self_heads=8,
+    cross_qk_channels=None,  # None: the input's channels (261), as in the paper.
+    widening_factor=1,
+    dropout_rate=0.0,
+    share_cross_attends=True,
+    share_latent_transformers=True,
+    cross_attend_layout="interleaved",
+    # Speed and memory switches (docs/performance.md); none changes the function or the parameters.
+    attention_impl="xla",  # or "jax": jax.nn.dot_product_attention (cuDNN's fused kernel on GPU)
+    cross_attention_chunk_size=None,  # e.g. 4096: cross-attention memory O(N x chunk), not O(N x M)
+    scan_repeats=True,  # the weight-shared repeats compiled once
+    remat=False,  # True: recompute each block in the backward pass (3x less memory at 224 px)
   )
   c.input = dict(
-      position_encoding="fourier",
-      num_bands=64,
-      max_resolution=224,
-      learned_pos_channels=128,
-      permutation="none",
-      permutation_seed=0,
+    position_encoding="fourier",
+    num_bands=64,
+    max_resolution=224,
+    learned_pos_channels=128,
+    permutation="none",
+    permutation_seed=0,
   )
   c.dataset = dict(
-      name="imagenet2012",
-      data_dir=ml_collections.config_dict.placeholder(str),
-      image_size=224,
-      num_channels=3,
-      num_classes=1000,
-      train_split="train",
-      eval_split="validation",
-      num_train_examples=IMAGENET_TRAIN_EXAMPLES,
+    name="imagenet2012",
+    data_dir=ml_collections.config_dict.placeholder(str),
+    image_size=224,
+    num_channels=3,
+    num_classes=1000,
+    train_split="train",
+    eval_split="validation",
+    num_train_examples=IMAGENET_TRAIN_EXAMPLES,
   )
   c.augment = dict(
-      crop_area=(0.08, 1.0),
-      crop_aspect=(3 / 4, 4 / 3),
-      flip=True,
-      randaugment_layers=2,
-      randaugment_magnitude=15,
-      mixup_alpha=0.0,
-      cutmix_alpha=0.0,
-      eval_crop_fraction=224 / 256,
+    crop_area=(0.08, 1.0),
+    crop_aspect=(3 / 4, 4 / 3),
+    flip=True,
+    randaugment_layers=2,
+    randaugment_magnitude=15,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    eval_crop_fraction=224 / 256,
   )
   c.optimizer = dict(
-      name="lamb",
-      learning_rate=0.004,
-      schedule="step",
-      warmup_steps=0,
-      decay_epochs=(84, 102, 114),
-      decay_factor=0.1,
-      weight_decay=0.1,
-      clip_global_norm=10.0,
-      b1=0.9,
-      b2=0.999,
+    name="lamb",
+    learning_rate=0.004,
+    schedule="step",
+    warmup_steps=0,
+    decay_epochs=(84, 102, 114),
+    decay_factor=0.1,
+    weight_decay=0.1,
+    clip_global_norm=10.0,
+    b1=0.9,
+    b2=0.999,
   )
   c.train = dict(
-      global_batch_size=1024,
-      num_steps=None,
-      num_epochs=120,
-      label_smoothing=0.1,
-      log_every=100,
-      eval_every=5000,
-      eval_batch_size=1024,
+    global_batch_size=1024,
+    num_steps=None,
+    num_epochs=120,
+    label_smoothing=0.1,
+    log_every=100,
+    eval_every=5000,
+    eval_batch_size=1024,
   )
   c.checkpoint = dict(every=2000, keep=3)
   c.precision = "float32"
@@ -106,9 +111,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.num_self_attends_per_block = 0
 
   def runlocal(c):
-    c.model.update(num_latents=16, latent_channels=32, num_cross_attends=2, num_latent_transformers=2,
-                   num_self_attends_per_block=1,
-                   num_self_heads=2)
+    c.model.update(
+      num_latents=16,
+      latent_channels=32,
+      num_cross_attends=2,
+      num_latent_transformers=2,
+      num_self_attends_per_block=1,
+      num_self_heads=2,
+    )
     c.input.num_bands = 4
     c.dataset.image_size = 32
     c.input.max_resolution = 32
@@ -116,18 +126,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.randaugment_layers = 1
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 1e-3
-    c.train.update(global_batch_size=8, num_steps=6, num_epochs=None, log_every=2, eval_every=6,
-                   eval_batch_size=8)
+    c.train.update(
+      global_batch_size=8, num_steps=6, num_epochs=None, log_every=2, eval_every=6, eval_batch_size=8
+    )
     c.checkpoint.every = 3
 
   variants = {
-      "unshared": unshared,
-      "learned_pos": learned_pos,
-      "permuted": lambda c: setattr(c.input, "permutation", "fixed"),
-      "permuted_random": lambda c: setattr(c.input, "permutation", "random"),
-      "cross_attends_at_start": lambda c: setattr(c.model, "cross_attend_layout", "start"),
-      "cross_attends_only": cross_attends_only,
-      "runlocal": runlocal,
+    "unshared": unshared,
+    "learned_pos": learned_pos,
+    "permuted": lambda c: setattr(c.input, "permutation", "fixed"),
+    "permuted_random": lambda c: setattr(c.input, "permutation", "random"),
+    "cross_attends_at_start": lambda c: setattr(c.model, "cross_attend_layout", "start"),
+    "cross_attends_only": cross_attends_only,
+    "runlocal": runlocal,
   }
   return config_args.apply_arg(c, arg, _with_baselines(variants, arg))
 

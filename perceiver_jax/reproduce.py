@@ -94,6 +94,16 @@ def run_suite(
       continue
     logging.info("[%d/%d] %s: training with arg %r.", i + 1, len(runs), name, arg)
     results = train_fn(get_config(arg), run_dir)
+    if results.get("preempted"):  # Its checkpoint is saved: the same command resumes it.
+      logging.warning(
+        "[%d/%d] %s: preempted at step %d; run the same command again to resume. Tables of the runs "
+        "finished so far follow.",
+        i + 1,
+        len(runs),
+        name,
+        results["step"],
+      )
+      break
     logging.info(
       "[%d/%d] %s: top-1 %.4f; %.0f s since the suite started.",
       i + 1,

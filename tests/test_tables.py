@@ -258,6 +258,29 @@ def test_reproduce_suite_trains_each_row_once_then_tables(tmp_path, config_loade
   assert config["train"]["num_steps"] == get_config("reproduce").train.num_steps
 
 
+def test_reproduce_suite_stops_at_a_preempted_run_and_resumes(tmp_path, config_loader):
+  get_config = lambda arg: config_loader("digits", arg)
+  trained = []
+
+  def train(config, workdir, preempt_at=None):
+    trained.append(workdir)
+    if len(trained) == preempt_at:  # As train_and_evaluate returns on SIGTERM: no results.json.
+      return {"preempted": True, "step": 7}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort())
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({"eval": {"top1": 0.5}, "step": 1, "params": 1}, f)
+    return {"eval": {"top1": 0.5}}
+
+  workdir = str(tmp_path)
+  markdown = reproduce.run_suite("digits", workdir, get_config, lambda c, w: train(c, w, preempt_at=3))
+  assert len(trained) == 3  # Stopped at the preempted run, and still wrote the tables of two runs.
+  assert markdown.split("### Table 2")[1].count("(n=2)") == 1
+  reproduce.run_suite("digits", workdir, get_config, train)
+  assert len(trained) == 3 + 43 and trained[3] == trained[2]  # Resumed with the preempted run.
+
+
 def test_suite_runs_validate_names():
   with pytest.raises(ValueError, match="suite"):
     reproduce.suite_runs("cifar")
