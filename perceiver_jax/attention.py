@@ -310,7 +310,34 @@ def fold_norm(norm, w, b):
 
 
 def _dense(x, w, b):
-  return jnp.einsum("...c,co->...o", x, w) + b
+  return _matmul(x, w) + b
+
+
+@jax.custom_vjp
+def _matmul(x, w):
+  return jnp.einsum("...c,co->...o", x, w)
+
+
+def _matmul_fwd(x, w):
+  return _matmul(x, w), (x, w)
+
+
+def _matmul_bwd(res, dy):
+  x, w = res
+  dx = jnp.einsum("...o,co->...c", dy, w)
+  # dW = x^T dy contracts the tokens, the major axis of both: transpose the narrower operand explicitly
+  # (the barrier keeps XLA from folding it back), so the product is a plain A B.
+  x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+  if x2.shape[1] <= dy2.shape[1]:
+    xt = lax.optimization_barrier(x2.T)
+    dw = jnp.einsum("cn,no->co", xt, dy2)
+  else:
+    dyt = lax.optimization_barrier(dy2.T)
+    dw = jnp.einsum("on,nc->co", dyt, x2)
+  return dx, dw.astype(w.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _check_heads(name: str, channels: int, heads: int) -> None:

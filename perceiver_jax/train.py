@@ -45,6 +45,16 @@ def example_keys(key, start, count):
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
 
 
+def eval_example_keys(rng, indices):
+  """The per-example keys `eval_step` gives the eval examples with these global indices: [B] keys.
+
+  (Only the `random` permutation uses them; tools that re-run single eval examples, such as
+  visualize.py, need the same ones.)
+  """
+  base = jax.random.fold_in(rng, _EVAL)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
+
+
 def _local_example_start(first_global_index, local_batch):
   return first_global_index + lax.axis_index(parallel.AXIS) * local_batch
 
@@ -134,10 +144,8 @@ def eval_step(
   images, labels, mask = batch["image"], batch["label"], batch["mask"]
   local = images.shape[0]
   global_batch = local * lax.psum(1, parallel.AXIS)
-  keys = example_keys(
-    jax.random.fold_in(train_state.rng, _EVAL),
-    _local_example_start(batch_index * global_batch, local),
-    local,
+  keys = eval_example_keys(
+    train_state.rng, _local_example_start(batch_index * global_batch, local) + jnp.arange(local)
   )
   logits, _ = model.apply(
     train_state.params, train_state.state, None, images, is_training=False, example_keys=keys

@@ -80,8 +80,7 @@ def eval_examples(config: ml_collections.ConfigDict, count: int, distinct_labels
 @jax.jit
 def eval_keys(rng, indices) -> jax.Array:
   """The keys eval_step gives the examples with these global indices: [B] keys."""
-  base = jax.random.fold_in(rng, train._EVAL)
-  return jax.vmap(lambda i: train.example_keys(base, i, 1)[0])(indices)
+  return train.eval_example_keys(rng, indices)
 
 
 def _front_end(config: ml_collections.ConfigDict, fn, params=None):
