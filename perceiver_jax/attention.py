@@ -17,6 +17,8 @@ them themselves):
 - Single-head cross-attention can fold the key and value projections into the queries: with
   k = x W_k and v = x W_v, q k^T = (q W_k^T) x^T and p v = (p x) W_v, so the [M, C] x [C, Q] projections
   of all M inputs become [N, Q] x [Q, C] products on the N latents (`fold_projections`).
+- Dense layers have their own backward (`_matmul`): the weight gradient x^T dy transposes the narrower
+  of its two operands, not whichever XLA picks.
 """
 
 from __future__ import annotations
