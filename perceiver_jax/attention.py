@@ -117,10 +117,15 @@ def _masked(s, key_mask, keys_axis: int):
   return jnp.where(key_mask, s, jnp.finfo(s.dtype).min)
 
 
+def _logits(q, k, key_mask):
+  """Masked logits q k^T [..., N, M] in float32, queries-major."""
+  s = jnp.einsum("...nq,...mq->...nm", q, k, preferred_element_type=jnp.float32)
+  return _masked(s, key_mask, -1)
+
+
 def _softmax_weights(q, k, key_mask):
   """softmax(q k^T) [..., N, M] in float32."""
-  s = jnp.einsum("...nq,...mq->...nm", q, k, preferred_element_type=jnp.float32)
-  return jax.nn.softmax(_masked(s, key_mask, -1), axis=-1)
+  return jax.nn.softmax(_logits(q, k, key_mask), axis=-1)
 
 
 def _attend(q, k, v, key_mask):
@@ -146,8 +151,7 @@ def _queries_major(q, k, v, key_mask):
 
 
 def _queries_major_fwd(q, k, v, key_mask):
-  s = jnp.einsum("...nq,...mq->...nm", q, k, preferred_element_type=jnp.float32)
-  p = jax.nn.softmax(_masked(s, key_mask, -1), axis=-1)  # [..., N, M]
+  p = _softmax_weights(q, k, key_mask)  # [..., N, M]
   out = jnp.einsum("...nm,...mv->...nv", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
   out = out.astype(v.dtype)
   return (out, p), (q, k, v, key_mask, p, out)
@@ -203,11 +207,6 @@ def _chunk_inputs(k, v, key_mask, chunk):
   return _chunks(k, chunk, keys_axis), _chunks(v, chunk, keys_axis), masks
 
 
-def _chunk_logits(q, k_c, mask_c):
-  s = jnp.einsum("...nq,...mq->...nm", q, k_c, preferred_element_type=jnp.float32)
-  return _masked(s, mask_c, -1)  # [..., N, chunk]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _chunked_attention(q, k, v, key_mask, chunk):
   """softmax(q k^T) v over key chunks; q [..., N, Q], k [..., M, Q], v [..., M, V], key_mask [..., M]."""
@@ -226,7 +225,7 @@ def _chunked_attention_fwd(q, k, v, key_mask, chunk):
   def step(carry, chunk_inputs):
     m, total, acc = carry
     k_c, v_c, mask_c = chunk_inputs
-    s = _chunk_logits(q, k_c, mask_c)
+    s = _logits(q, k_c, mask_c)
     m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
     e = jnp.exp(s - m_new)
     rescale = jnp.exp(m - m_new)
@@ -251,7 +250,7 @@ def _chunked_attention_bwd(chunk, residuals, d_out):
 
   def step(dq, chunk_inputs):
     k_c, v_c, mask_c = chunk_inputs
-    p = jnp.exp(_chunk_logits(q, k_c, mask_c) - log_sum)  # [..., N, chunk]
+    p = jnp.exp(_logits(q, k_c, mask_c) - log_sum)  # [..., N, chunk]
     dp = jnp.einsum("...nv,...mv->...nm", d_out, v_c, preferred_element_type=jnp.float32)
     ds = (p * (dp - delta)).astype(q.dtype)
     dq = dq + jnp.einsum("...nm,...mq->...nq", ds, k_c, preferred_element_type=jnp.float32)

@@ -40,9 +40,14 @@ class TrainState(NamedTuple):
   rng: jax.Array  # uint32 [2], the run's base key; never advanced, folded with the step instead.
 
 
+def _keys_at(key, indices):
+  """One key per global example index: [len(indices)] keys."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+
+
 def example_keys(key, start, count):
   """One key per example with global indices start .. start + count - 1: [count] keys."""
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
+  return _keys_at(key, start + jnp.arange(count))
 
 
 def eval_example_keys(rng, indices):
@@ -51,8 +56,7 @@ def eval_example_keys(rng, indices):
   (Only the `random` permutation uses them; tools that re-run single eval examples, such as
   visualize.py, need the same ones.)
   """
-  base = jax.random.fold_in(rng, _EVAL)
-  return jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
+  return _keys_at(jax.random.fold_in(rng, _EVAL), indices)
 
 
 def _local_example_start(first_global_index, local_batch):

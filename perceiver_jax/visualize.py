@@ -77,12 +77,6 @@ def eval_examples(config: ml_collections.ConfigDict, count: int, distinct_labels
   return Examples(np.stack(images), np.asarray(labels), np.asarray(indices))
 
 
-@jax.jit
-def eval_keys(rng, indices) -> jax.Array:
-  """The keys eval_step gives the examples with these global indices: [B] keys."""
-  return train.eval_example_keys(rng, indices)
-
-
 def _front_end(config: ml_collections.ConfigDict, fn, params=None):
   """fn(front end) inside a Haiku transform, with the run's parameters (for a learned encoding)."""
   return hk.transform(lambda: fn(models.front_end(config))).apply(params or {}, None)
@@ -298,7 +292,7 @@ def visualize_run(
   config, state = run.config, run.state
   os.makedirs(out_dir, exist_ok=True)
   examples = eval_examples(config, num_examples)
-  keys = eval_keys(state.rng, examples.indices)
+  keys = train.eval_example_keys(state.rng, examples.indices)
   attention = attention_maps(config, state.params, state.state, examples.images, keys)
   k = len(attention.maps)
   attends = [0] if k == 1 else [0, k - 1]

@@ -41,7 +41,7 @@ def loaded(trained_run):
   """(run, images, their eval keys, the maps of the unpermuted images) of the trained run."""
   run = checkpoint.load_run(trained_run)
   examples = visualize.eval_examples(run.config, NUM_IMAGES)
-  keys = visualize.eval_keys(run.state.rng, examples.indices)
+  keys = train.eval_example_keys(run.state.rng, examples.indices)
   reference = visualize.attention_maps(
     with_permutation(run.config, "none"), run.state.params, run.state.state, examples.images, keys
   )
@@ -126,7 +126,7 @@ def test_eval_examples_are_first_of_each_class_with_eval_step_keys(config_loader
   rng = jax.random.PRNGKey(5)
   base = jax.random.fold_in(rng, train._EVAL)
   want = np.concatenate([train.example_keys(base, i * 8, 8) for i in range(len(batches))])
-  np.testing.assert_array_equal(visualize.eval_keys(rng, examples.indices), want[examples.indices])
+  np.testing.assert_array_equal(train.eval_example_keys(rng, examples.indices), want[examples.indices])
 
 
 def test_focused_latents_picks_the_lowest_entropy_maps():
