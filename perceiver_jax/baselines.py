@@ -18,14 +18,9 @@ import jax.numpy as jnp
 
 from perceiver_jax import models
 from perceiver_jax.attention import SelfAttentionBlock, layer_norm
+from perceiver_jax.config_args import check_positive
 
 POOLS = ("token", "mean")
-
-
-def _positive(**values: int) -> None:
-  for name, value in values.items():
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ValueError(f"{name}={value!r} must be a positive integer.")
 
 
 def _positive_sequence(length: int, **values: Sequence[int]) -> None:
@@ -33,7 +28,7 @@ def _positive_sequence(length: int, **values: Sequence[int]) -> None:
     if len(value) != length:
       raise ValueError(f"{name}={tuple(value)} must have {length} entries.")
     for v in value:
-      _positive(**{name: v})
+      check_positive(**{name: v})
 
 
 def _grid(tokens, grid_shape: tuple[int, int], model: str):
@@ -103,7 +98,7 @@ class ResNet(hk.Module):
     name: str | None = None,
   ):
     super().__init__(name=name)
-    _positive(
+    check_positive(
       num_classes=num_classes,
       initial_channels=initial_channels,
       initial_kernel_shape=initial_kernel_shape,
@@ -185,7 +180,7 @@ class ViT(hk.Module):
     name: str | None = None,
   ):
     super().__init__(name=name)
-    _positive(
+    check_positive(
       num_classes=num_classes,
       patch_size=patch_size,
       width=width,
@@ -254,7 +249,7 @@ class Transformer(hk.Module):
     name: str | None = None,
   ):
     super().__init__(name=name)
-    _positive(
+    check_positive(
       num_classes=num_classes,
       width=width,
       num_layers=num_layers,

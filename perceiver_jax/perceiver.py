@@ -31,14 +31,9 @@ import haiku as hk
 import jax.numpy as jnp
 
 from perceiver_jax.attention import ATTENTION_IMPLS, CrossAttentionBlock, SelfAttentionBlock, normalize
+from perceiver_jax.config_args import check_positive
 
 LAYOUTS = ("interleaved", "start")
-
-
-def _positive(**values: int) -> None:
-  for name, value in values.items():
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{name}={value!r} must be a positive integer.")
 
 
 class Perceiver(hk.Module):
@@ -69,7 +64,7 @@ class Perceiver(hk.Module):
   ):
     """See the module docstring; `cross_qk_channels=None` uses the input's channels (the paper's)."""
     super().__init__(name=name)
-    _positive(
+    check_positive(
       num_classes=num_classes,
       num_latents=num_latents,
       latent_channels=latent_channels,
@@ -84,7 +79,7 @@ class Perceiver(hk.Module):
     if latent_channels % num_self_heads:
       raise ValueError(f"num_self_heads={num_self_heads} does not divide latent_channels={latent_channels}.")
     if cross_qk_channels is not None:
-      _positive(cross_qk_channels=cross_qk_channels)
+      check_positive(cross_qk_channels=cross_qk_channels)
       if cross_qk_channels % num_cross_heads:
         raise ValueError(
           f"num_cross_heads={num_cross_heads} does not divide cross_qk_channels={cross_qk_channels}."
@@ -101,7 +96,7 @@ class Perceiver(hk.Module):
     if attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={attention_impl!r} must be one of {ATTENTION_IMPLS}.")
     if cross_attention_chunk_size is not None:
-      _positive(cross_attention_chunk_size=cross_attention_chunk_size)
+      check_positive(cross_attention_chunk_size=cross_attention_chunk_size)
       if attention_impl != "xla":
         raise ValueError(
           f"cross_attention_chunk_size={cross_attention_chunk_size} needs attention_impl='xla', "

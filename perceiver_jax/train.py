@@ -25,7 +25,7 @@ import optax
 from absl import logging
 from jax import lax
 
-from perceiver_jax import checkpoint, data, models, optim, parallel
+from perceiver_jax import checkpoint, config_args, data, models, optim, parallel
 from perceiver_jax.metric_writer import MetricWriter
 
 # Folded into a step's key to derive independent streams.
@@ -231,13 +231,12 @@ class Trainer:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the fields the loop relies on; model fields are checked by the modules themselves."""
   t = config.train
-  for name in ("global_batch_size", "eval_batch_size", "log_every", "eval_every"):
-    if not isinstance(t[name], int) or t[name] <= 0:
-      raise ValueError(f"train.{name}={t[name]!r} must be a positive integer.")
+  names = ("global_batch_size", "eval_batch_size", "log_every", "eval_every")
+  config_args.check_positive("train.", **{name: t[name] for name in names})
   if (t.num_steps is None) == (t.get("num_epochs") is None):
     raise ValueError(f"Set exactly one of train.num_steps={t.num_steps} and train.num_epochs={t.num_epochs}.")
-  if t.num_steps is not None and (not isinstance(t.num_steps, int) or t.num_steps <= 0):
-    raise ValueError(f"train.num_steps={t.num_steps!r} must be a positive integer.")
+  if t.num_steps is not None:
+    config_args.check_positive("train.", num_steps=t.num_steps)
   if t.get("num_epochs") is not None and t.num_epochs <= 0:
     raise ValueError(f"train.num_epochs={t.num_epochs!r} must be positive.")
   if not 0.0 <= t.label_smoothing < 1.0:
@@ -349,9 +348,7 @@ def train_and_evaluate(
   """
   trainer = Trainer(config)
   every, keep = config.checkpoint.every, config.checkpoint.keep
-  for name, value in (("every", every), ("keep", keep)):
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"checkpoint.{name}={value!r} must be a positive integer.")
+  config_args.check_positive("checkpoint.", every=every, keep=keep)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     _write_config(workdir, config)
