@@ -6,7 +6,8 @@ latents, 4 cross-attends (1 head), each followed by a latent Transformer of 2 se
 
 Variants (comma-separated): `paper` (the paper's ImageNet model at 224x224, 707.2 GFLOPs per image,
 `benchmark.batch_per_device` images per device), `bfloat16` (mixed precision), `runlocal` (a tiny model,
-two timed steps: the test suite's form), and key=value overrides such as `batch_per_device=1`.
+two timed steps: the test suite's form), and key=value overrides such as `batch_per_device=1` or
+`cpu_devices=1` (CPU runs are data parallel over one XLA device per core by default).
 
   python scripts/benchmark.py --config=configs/benchmark.py[:variants]
 """
@@ -89,6 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Side of the square matmul timed after every step for the ceiling; None: 2048 on a CPU, 8192 on an
     # accelerator.
     matmul_size=ml_collections.config_dict.placeholder(int),
+    # XLA CPU devices of a CPU run (data parallel over them); None: one per core (the most that divide the
+    # global batch). Ignored where --xla_force_host_platform_device_count is set, and on accelerators.
+    cpu_devices=ml_collections.config_dict.placeholder(int),
   )
   c = ml_collections.ConfigDict(c)
 

@@ -2,6 +2,10 @@
 
 import functools
 import json
+import os
+import re
+import subprocess
+import sys
 
 import haiku as hk
 import jax
@@ -203,3 +207,29 @@ def test_benchmark_tool_prints_every_field_and_bfloat16_training_stays_finite(co
   per_step = printed["model_gflops_per_image"] * printed["batch"]
   assert 0.5 * per_step < printed["xla_gflops_per_step"] < 2 * per_step
   assert printed["peak_host_mb"] > 0 and printed["xla_temp_mb"] > 0
+
+
+@pytest.mark.parametrize(
+  "cores, batch, want", [(2, 32, 2), (8, 32, 8), (6, 32, 4), (96, 32, 32), (1, 32, 1), (3, None, 3)]
+)
+def test_one_cpu_device_per_core_that_divides_the_batch(cores, batch, want):
+  assert benchmark.default_cpu_devices(cores, batch) == want
+
+
+def test_an_explicit_device_count_is_kept(config_loader):
+  # This process runs with --xla_force_host_platform_device_count=8 (conftest.py): the benchmark keeps it.
+  assert benchmark.set_cpu_devices(bench_config(config_loader, "runlocal,cpu_devices=2")) is None
+  assert jax.local_device_count() == 8
+
+
+def test_benchmark_script_runs_on_the_cpu_devices_of_its_config():
+  """scripts/benchmark.py in a fresh process without a device flag: the config's count of CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.pop("XLA_FLAGS", "")).strip()
+  if flags:  # XLA reads a value that is not a flag as a file name.
+    env["XLA_FLAGS"] = flags
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = [sys.executable, "scripts/benchmark.py", "--config=configs/benchmark.py:runlocal,cpu_devices=2"]
+  out = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300, check=True)
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 2 and result["batch"] == 8 and np.isfinite(result["loss"])
