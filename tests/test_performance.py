@@ -2,9 +2,6 @@
 
 import functools
 import json
-import os
-import re
-import subprocess
 import sys
 
 import haiku as hk
@@ -12,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_checkpoint import child_env, run
 
 from perceiver_jax import Perceiver, benchmark, dot_product_attention, flops, models
 
@@ -224,12 +222,8 @@ def test_an_explicit_device_count_is_kept(config_loader):
 
 def test_benchmark_script_runs_on_the_cpu_devices_of_its_config():
   """scripts/benchmark.py in a fresh process without a device flag: the config's count of CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.pop("XLA_FLAGS", "")).strip()
-  if flags:  # XLA reads a value that is not a flag as a file name.
-    env["XLA_FLAGS"] = flags
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   command = [sys.executable, "scripts/benchmark.py", "--config=configs/benchmark.py:runlocal,cpu_devices=2"]
-  out = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300, check=True)
+  out = run(command, child_env(devices=None))
+  assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["devices"] == 2 and result["batch"] == 8 and np.isfinite(result["loss"])
