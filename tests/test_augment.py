@@ -260,3 +260,26 @@ def test_mixup_and_cutmix_labels_equal_the_pixels_mixed():
       np.testing.assert_allclose(from_partner.mean(axis=(1, 2)), 1 - ratio[cut], atol=1e-6)
       # Per example: the ratios differ within a batch.
       assert len(set(np.round(ratio, 6))) > 2
+
+
+def test_visualize_augment_draws_the_grid(tmp_path):
+  import importlib.util
+  import pathlib
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+
+  def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, root / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+  config = load("imagenet_config", "configs/imagenet.py").get_config("runlocal")
+  script = load("visualize_augment", "scripts/visualize_augment.py")
+  photos = _photographs_as_jpeg()
+  path = script.draw(config, photos[0], photos[1], rows=1, cols=3, path=str(tmp_path / "grid.png"))
+  grid = np.asarray(Image.open(path).convert("RGB"))
+  # 1 + 2 mixed rows of 3 panels at 1.25 x 1.35 inches, plus the title.
+  dpi = script.DPI
+  assert grid.shape == (int(round((3 * 1.35 + 0.3) * dpi)), int(round(3 * 1.25 * dpi)), 3)
+  assert grid.std() > 10  # Photographs drawn, not a blank canvas.
