@@ -55,7 +55,9 @@ def draw(config, photo: bytes, other: bytes, rows: int, cols: int, path: str) ->
   from perceiver_jax.data import augment, tfds_input
 
   tfds_input._hide_gpus_from_tf()
-  train = tfds_input._train_fn(tfds_input._train_params(config), tfds_input._seed(config.seed, 0, 2))
+  train = tfds_input._train_fn(
+    tfds_input._train_params(config), tfds_input._seed(config.seed, 0, tfds_input._AUGMENT)
+  )
   size, channels = config.dataset.image_size, config.dataset.num_channels
   evaluate = tfds_input._eval_fn(channels, size, float(config.augment.eval_crop_fraction))
 
