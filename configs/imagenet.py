@@ -2,12 +2,29 @@
 
 Model: 512 x 1024 latents, 8 cross-attends (1 head, q/k/v at the input's 261 channels) each followed by a
 6-block latent Transformer (8 heads), first cross-attend unshared, the rest and all latent Transformers
-shared: 44.9M parameters, 707.2 GFLOPs per image. Recipe: LAMB at 0.004 for 120 epochs, divided by 10 at
-epochs 84, 102 and 114; weight decay 0.1 off biases and norms, clipping at global norm 10 and label
-smoothing 0.1 (from the official Perceiver IO code; the paper gives none of them), batch 1024 (not in the
-paper either; our choice, 8 per TPU core on 64 v3 chips x 2 cores).
+shared: 44.9M parameters, 707.2 GFLOPs per image. Dense layers start from the official code's variance
+scaling (truncated normal, std 1/sqrt(fan_in)).
 
-Variants (comma-separated): `unshared`, `learned_pos`, `permuted` (one fixed permutation),
+Where each recipe value comes from ("paper": Jaegle et al. 2021, Sec. 4.1 and App. A; "official": DeepMind's
+released Perceiver training code, deepmind-research perceiver/train, used where the paper is silent):
+- augment.crop_area (0.08, 1), crop_aspect (3/4, 4/3): paper (Inception-style crop).
+- augment.crop_min_object_covered 0.1 (10 attempts, else the eval centre crop): official.
+- augment.flip: paper.
+- augment.randaugment_layers 4, randaugment_magnitude 5: official (the paper names RandAugment but not its
+  settings); 16 ops at the tensorflow/tpu AutoAugment strengths, on the crop at its own size, then a bicubic
+  resize: official.
+- augment.mixup_alpha 0.2, cutmix_alpha 1.0 (uniform box area), MixUp on half of each batch and CutMix on
+  the other half, label smoothing after mixing: official (the paper mentions neither).
+- augment.eval_crop_fraction 224/256: paper (centre crop); int() of it x the shorter side, offset
+  (h - s + 1) // 2, bicubic: official.
+- optimizer: LAMB at 0.004 for 120 epochs, divided by 10 at epochs 84, 102 and 114: paper.
+  optimizer.weight_decay 0.1 (biases and norms excluded), clip_global_norm 10, b1 0.9, b2 0.999: official.
+- train.label_smoothing 0.1: official. train.global_batch_size 1024: our choice (not in the paper nor in the
+  released config; 8 per TPU core on 64 v3 chips x 2 cores, the paper's largest setup being 64 TPUs).
+
+Variants (comma-separated): `official_recipe` (the released code's schedule instead of the paper's: LAMB at
+5e-4 x batch / 256, flat for half the steps then cosine to 0, 110 epochs; set the learning rate again if you
+override the batch size after it), `unshared`, `learned_pos`, `permuted` (one fixed permutation),
 `permuted_random` (a fresh one per example), `cross_attends_at_start`, `cross_attends_only`, `runlocal`
 (a tiny model and batch, a few steps: the same code path on a laptop CPU), and key=value overrides such
 as `num_cross_attends=4`.
@@ -66,11 +83,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment = dict(
     crop_area=(0.08, 1.0),
     crop_aspect=(3 / 4, 4 / 3),
+    crop_min_object_covered=0.1,
     flip=True,
-    randaugment_layers=2,
-    randaugment_magnitude=15,
-    mixup_alpha=0.0,
-    cutmix_alpha=0.0,
+    randaugment_layers=4,
+    randaugment_magnitude=5,  # On the 0-10 scale of augment.randaugment_strengths.
+    mixup_alpha=0.2,
+    cutmix_alpha=1.0,
     eval_crop_fraction=224 / 256,
   )
   c.optimizer = dict(
@@ -80,6 +98,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     warmup_steps=0,
     decay_epochs=(84, 102, 114),
     decay_factor=0.1,
+    constant_fraction=0.5,  # Only for schedule "constant_cosine": the flat share of the steps.
     weight_decay=0.1,
     clip_global_norm=10.0,
     b1=0.9,
@@ -97,6 +116,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = dict(every=2000, keep=3)
   c.precision = "float32"
   c = ml_collections.ConfigDict(c)
+
+  def official_recipe(c):
+    c.optimizer.learning_rate = 5e-4 * c.train.global_batch_size / 256
+    c.optimizer.schedule = "constant_cosine"
+    c.optimizer.constant_fraction = 0.5
+    c.train.num_epochs = 110
 
   def unshared(c):
     c.model.share_cross_attends = False
@@ -132,6 +157,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.every = 3
 
   variants = {
+    "official_recipe": official_recipe,
     "unshared": unshared,
     "learned_pos": learned_pos,
     "permuted": lambda c: setattr(c.input, "permutation", "fixed"),

@@ -28,7 +28,6 @@ import functools
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 ATTENTION_IMPLS = ("xla", "jax", "cudnn")
@@ -291,7 +290,7 @@ class _DenseParams(hk.Module):
   """The parameters of an `hk.Linear` (names, shapes, initialiser): (w [in, out], b [out])."""
 
   def __call__(self, input_size: int, output_size: int):
-    w_init = hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(input_size))
+    w_init = hk.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
     w = hk.get_parameter("w", [input_size, output_size], init=w_init)
     b = hk.get_parameter("b", [output_size], init=jnp.zeros)
     return w, b

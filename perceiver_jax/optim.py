@@ -7,7 +7,7 @@ import ml_collections
 import optax
 
 OPTIMIZERS = ("lamb", "adamw", "sgd")
-SCHEDULES = ("step", "cosine", "constant")
+SCHEDULES = ("step", "cosine", "constant", "constant_cosine")
 
 
 def decay_mask(params):
@@ -18,7 +18,12 @@ def decay_mask(params):
 def make_schedule(
   config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
 ) -> optax.Schedule:
-  """`step`: the paper's division by `decay_factor` at `decay_epochs`; `cosine`: to zero at the end."""
+  """The learning rate per step.
+
+  `step`: the paper's division by `decay_factor` at `decay_epochs`; `cosine`: to zero at the end;
+  `constant_cosine` (the official Perceiver code's): flat for `constant_fraction` of `total_steps`, then a
+  cosine to zero at the end; `constant`: flat.
+  """
   opt = config.optimizer
   lr, warmup = opt.learning_rate, opt.warmup_steps
   if opt.schedule not in SCHEDULES:
@@ -27,7 +32,14 @@ def make_schedule(
     raise ValueError(f"optimizer.learning_rate={lr} must be positive, optimizer.warmup_steps={warmup} >= 0.")
   if opt.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end_value=0.0)
-  if opt.schedule == "step":
+  if opt.schedule == "constant_cosine":
+    fraction = opt.get("constant_fraction", 0.5)
+    if not 0 <= fraction < 1:
+      raise ValueError(f"optimizer.constant_fraction={fraction} must be in [0, 1).")
+    flat = max(int(round(fraction * total_steps)), warmup)
+    cosine = optax.cosine_decay_schedule(lr, max(total_steps - flat, 1), alpha=0.0)
+    main = optax.join_schedules([optax.constant_schedule(lr), cosine], [flat])
+  elif opt.schedule == "step":
     boundaries = {int(round(e * steps_per_epoch)): opt.decay_factor for e in opt.decay_epochs}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   else:

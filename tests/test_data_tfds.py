@@ -1,4 +1,4 @@
-"""Tests of the TFDS input pipeline and its augmentations.
+"""Tests of the TFDS input pipeline, its crops and normalisation (the RandAugment ops: tests/test_augment.py).
 
 A fake ImageNet (3 real synsets x 4 train JPEGs, 7 validation JPEGs of varied sizes, one grayscale, plus
 the CMYK and PNG files the builder repairs) is written as the two ILSVRC2012 tars and built once per module
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
 from perceiver_jax import data
 from perceiver_jax.data import augment, tfds_input
@@ -65,11 +65,18 @@ def test_fake_imagenet_is_built_with_all_images(fake_imagenet):
   assert data.num_examples(config, "eval") == NUM_VAL
 
 
+def no_mixing(config):
+  """The config without MixUp and CutMix, so that batches hold each example's own int label."""
+  config.augment.mixup_alpha = config.augment.cutmix_alpha = 0.0
+  return config
+
+
 def test_train_batches_shapes_ranges_and_first_epoch(fake_imagenet):
-  config = imagenet_config(fake_imagenet)
+  config = no_mixing(imagenet_config(fake_imagenet))
   batches = take(data.train_batches(config), 3)
-  low = (0 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
-  high = (1 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
+  # Bicubic resizing overshoots [0, 255] near edges, by much less than 30% of the range.
+  low = (-0.3 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
+  high = (1.3 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
   for batch in batches:
     assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
@@ -82,7 +89,7 @@ def test_train_batches_shapes_ranges_and_first_epoch(fake_imagenet):
 
 
 def test_train_slices_of_two_processes_cover_the_split(fake_imagenet):
-  config = imagenet_config(fake_imagenet)
+  config = no_mixing(imagenet_config(fake_imagenet))
   labels = []
   for process in range(2):
     batches = take(tfds_input.train_batches(config, process_index=process, process_count=2), 2)
@@ -167,7 +174,7 @@ def test_start_step_reproduces_the_stream(fake_imagenet):
 
 def test_mixup_cutmix_soft_labels_and_resume(fake_imagenet):
   config = imagenet_config(fake_imagenet)
-  config.augment.mixup_alpha, config.augment.cutmix_alpha = 0.2, 1.0
+  assert (config.augment.mixup_alpha, config.augment.cutmix_alpha) == (0.2, 1.0)  # The default recipe.
   from_zero = take(tfds_input.train_batches(config), 3)
   resumed = take(tfds_input.train_batches(config, start_step=1), 2)
   for a, b in zip(from_zero[1:], resumed, strict=True):
@@ -177,6 +184,13 @@ def test_mixup_cutmix_soft_labels_and_resume(fake_imagenet):
     assert batch["label"].shape == (8, 1000) and batch["label"].dtype == np.float32
     np.testing.assert_allclose(batch["label"].sum(axis=1), 1.0, rtol=1e-5)
     assert set(np.nonzero(batch["label"].sum(axis=0))[0]) <= {0, 59, 230}
+  # Eval has no mixing: the same int labels and images with MixUp and CutMix on or off.
+  mixed_config_evals = list(tfds_input.eval_batches(config))
+  config.augment.mixup_alpha = config.augment.cutmix_alpha = 0.0
+  for a, b in zip(mixed_config_evals, tfds_input.eval_batches(config), strict=True):
+    assert a["label"].dtype == np.int32
+    for key in ("image", "label", "mask"):
+      np.testing.assert_array_equal(a[key], b[key])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,7 +211,7 @@ def test_mock_mnist_train_and_eval(tmp_path, num_channels):
   os.makedirs(builder.data_dir)
   builder.info.write_to_directory(builder.data_dir)  # Real metadata makes mock_data honour split sizes.
 
-  config = imagenet_config(tmp_path)
+  config = no_mixing(imagenet_config(tmp_path))
   config.dataset.update(name="mnist", num_classes=10, num_channels=num_channels, eval_split="test")
   with tfds.testing.mock_data(
     num_examples=10, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)
@@ -292,11 +306,13 @@ def test_random_crop_boxes_respect_bounds(height, width):
   boxes = sample(tf.stack([tf.zeros(400, tf.int64), tf.range(400, dtype=tf.int64)], axis=1)).numpy()
   top, left, h, w = boxes.T
   assert np.all(top >= 0) and np.all(left >= 0) and np.all(top + h <= height) and np.all(left + w <= width)
-  fallback = (h == height) & (w == width)
-  assert fallback.mean() < 0.05
+  # When TF's 10 attempts fail, the eval centre crop (never the whole image).
+  side = int(224 / 256 * min(height, width))
+  fallback = (h == side) & (w == side) & (top == (height - side + 1) // 2) & (left == (width - side + 1) // 2)
+  assert fallback.mean() < 0.05 and not np.any((h == height) & (w == width) & ~fallback)
   h, w = h[~fallback], w[~fallback]
-  # Bounds up to the rounding of each side to whole pixels.
-  assert np.all((w + 1) * (h + 1) >= area_range[0] * height * width)
+  # Bounds up to the rounding of each side to whole pixels; the box covers at least 10% of the image.
+  assert np.all((w + 1) * (h + 1) >= max(area_range[0], 0.1) * height * width)
   assert np.all((w + 1) / np.maximum(h - 1, 1) >= aspect_range[0])
   assert np.all((w - 1) / (h + 1) <= aspect_range[1])
   assert len(set(zip(h, w, strict=True))) > 100  # Genuinely random.
@@ -319,8 +335,8 @@ def test_fused_jpeg_crop_equals_decode_then_crop():
 @pytest.mark.parametrize("height, width", [(37, 53), (80, 45)])
 def test_eval_crop_is_the_centred_square(height, width):
   image = np.random.default_rng(1).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-  side = int(np.round(224 / 256 * min(height, width)))
-  top, left = (height - side) // 2, (width - side) // 2
+  side = int(224 / 256 * min(height, width))
+  top, left = (height - side + 1) // 2, (width - side + 1) // 2
   expected = (
     image[top : top + side, left : left + side] / 255.0 - augment.IMAGENET_MEAN
   ) / augment.IMAGENET_STD
@@ -328,11 +344,11 @@ def test_eval_crop_is_the_centred_square(height, width):
   preprocess = tfds_input._eval_fn(3, side, 224 / 256)
   got, _ = preprocess(tf.constant(_encode(image, "PNG")), tf.constant(0))
   np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
-  # Resized to 16, it is close to PIL's (antialiased) bilinear resize of the same crop.
+  # Resized to 16, it is close to PIL's bicubic resize of the same crop (PIL antialiases, TF does not here).
   small, _ = tfds_input._eval_fn(3, 16, 224 / 256)(tf.constant(_encode(image, "PNG")), tf.constant(0))
-  crop = Image.fromarray(image[top : top + side, left : left + side]).resize((16, 16), Image.BILINEAR)
+  crop = Image.fromarray(image[top : top + side, left : left + side]).resize((16, 16), Image.BICUBIC)
   pil = (np.asarray(crop) / 255.0 - augment.IMAGENET_MEAN) / augment.IMAGENET_STD
-  assert np.abs(small.numpy() - pil).mean() < 1.0 / 255 / 0.22
+  assert np.abs(small.numpy() - pil).mean() < 60.0 / 255 / 0.22
 
 
 def test_normalize_is_exact():
@@ -354,77 +370,6 @@ def test_flip_is_exact_and_fair():
     else:
       np.testing.assert_array_equal(out, image)
   assert 70 <= flipped <= 130
-
-
-@pytest.fixture(scope="module")
-def photo():
-  """A uint8 [40, 60, 3] image with an uneven histogram, so that the ops have something to do."""
-  rng = np.random.default_rng(4)
-  return (rng.beta(2, 5, size=(40, 60, 3)) * 200 + 20).astype(np.uint8)
-
-
-def test_pil_equivalent_ops_are_exact(photo):
-  pil = Image.fromarray(photo)
-  cases = [
-    (augment.equalize(tf.constant(photo)), ImageOps.equalize(pil)),
-    (augment.posterize(tf.constant(photo), 3), ImageOps.posterize(pil, 3)),
-    (augment.solarize(tf.constant(photo), 100), ImageOps.solarize(pil, 100)),
-  ]
-  for ours, theirs in cases:
-    np.testing.assert_array_equal(ours.numpy(), np.asarray(theirs))
-  lo, hi = photo.min(axis=(0, 1)).astype(int), photo.max(axis=(0, 1)).astype(int)
-  np.testing.assert_array_equal(
-    augment.auto_contrast(tf.constant(photo)).numpy(), (photo - lo) * 255 // (hi - lo)
-  )
-
-
-def test_enhance_ops_match_pil_up_to_rounding(photo):
-  pil = Image.fromarray(photo)
-  for name in ("color", "contrast", "brightness", "sharpness"):
-    ours = getattr(augment, name)(tf.constant(photo), tf.constant(1.6)).numpy().astype(int)
-    theirs = np.asarray(getattr(ImageEnhance, name.capitalize())(pil).enhance(1.6)).astype(int)
-    assert np.abs(ours - theirs).max() <= 1, name
-
-
-def test_geometric_ops_are_exact(photo):
-  square = photo[:30, :30]
-  np.testing.assert_array_equal(augment.rotate(tf.constant(square), 90.0).numpy(), np.rot90(square))
-  shifted = np.full_like(photo, 128)
-  shifted[:, 7:] = photo[:, :-7]
-  np.testing.assert_array_equal(augment.translate(tf.constant(photo), 7.0, axis=1).numpy(), shifted)
-  shifted = np.full_like(photo, 128)
-  shifted[:-5] = photo[5:]
-  np.testing.assert_array_equal(augment.translate(tf.constant(photo), -5.0, axis=0).numpy(), shifted)
-  # A shear about the centre row leaves that row in place.
-  sheared = augment.shear(tf.constant(photo[:31]), 0.3, axis=1).numpy()
-  np.testing.assert_array_equal(sheared[15], photo[15])
-
-
-def test_randaugment_is_a_pure_function_of_the_seed(photo):
-  run = tf.function(lambda seed: augment.randaugment(tf.constant(photo), seed, 2, 15))
-  outputs = [run(tf.constant([0, i], tf.int64)).numpy() for i in range(12)]
-  np.testing.assert_array_equal(outputs[0], run(tf.constant([0, 0], tf.int64)).numpy())
-  assert all(o.shape == photo.shape and o.dtype == np.uint8 for o in outputs)
-  assert len({o.tobytes() for o in outputs}) >= 8
-
-
-def test_mixup_and_cutmix_mix_images_as_labels_say():
-  rng = np.random.default_rng(5)
-  images = rng.uniform(-2, 2, size=(6, 8, 10, 3)).astype(np.float32)
-  labels = np.arange(6, dtype=np.int32)
-  partner = images[::-1]
-  for i in range(4):
-    seed = tf.constant([1, i], tf.int64)
-    mixed, soft = (t.numpy() for t in augment.mix_batch(images, labels, seed, 10, 0.4, 0.0))
-    ratio = soft[labels, labels]  # Weight of each example's own label.
-    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(soft[labels, labels[::-1]], 1 - ratio, atol=1e-6)
-    np.testing.assert_allclose(
-      mixed, ratio[:, None, None, None] * images + (1 - ratio[:, None, None, None]) * partner, atol=1e-5
-    )
-    mixed, soft = (t.numpy() for t in augment.mix_batch(images, labels, seed, 10, 0.0, 1.0))
-    from_partner = np.all(mixed == partner, axis=-1) & ~np.all(mixed == images, axis=-1)  # [B, H, W]
-    np.testing.assert_allclose(from_partner.mean(axis=(1, 2)), 1 - soft[labels, labels], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------

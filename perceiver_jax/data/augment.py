@@ -31,32 +31,46 @@ Box = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]  # (offset_y, offset_x, 
 # Decoding and cropping.
 
 
+def central_crop_box(shape: tf.Tensor, fraction: float) -> Box:
+  """The centred square of side int(`fraction` x shorter side), e.g. 224/256, at offset (h - side + 1) // 2.
+
+  Floor and offset as the official Perceiver code's eval crop (which takes the extra pixel of an odd margin
+  at the top and left).
+  """
+  height, width = shape[0], shape[1]
+  side = tf.cast(fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+  side = tf.maximum(side, 1)
+  return (height - side + 1) // 2, (width - side + 1) // 2, side, side
+
+
 def random_crop_box(
-  shape: tf.Tensor, seed: tf.Tensor, area_range: Sequence[float], aspect_range: Sequence[float]
+  shape: tf.Tensor,
+  seed: tf.Tensor,
+  area_range: Sequence[float],
+  aspect_range: Sequence[float],
+  min_object_covered: float = 0.1,
+  fallback_fraction: float = 224 / 256,
 ) -> Box:
   """Inception-style crop: area fraction in `area_range`, width / height in `aspect_range`.
 
-  Falls back to the whole image when 10 attempts find no such box (TF's rule; rare for natural images).
+  As the official Perceiver code: the box must also cover `min_object_covered` of the whole image, TF gets 10
+  attempts, and when they all fail (TF then returns the whole image) the centre crop of `fallback_fraction`
+  of the shorter side is taken instead.
   """
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
     shape,
     bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
     seed=seed,
-    min_object_covered=0.0,  # The area range alone bounds the crop, not overlap with a bounding box.
+    min_object_covered=min_object_covered,
     aspect_ratio_range=tuple(aspect_range),
     area_range=tuple(area_range),
     max_attempts=10,
     use_image_if_no_bounding_boxes=True,
   )
-  return begin[0], begin[1], size[0], size[1]
-
-
-def central_crop_box(shape: tf.Tensor, fraction: float) -> Box:
-  """The centred square whose side is `fraction` of the shorter side (rounded), e.g. 224/256."""
-  height, width = shape[0], shape[1]
-  side = tf.cast(tf.round(fraction * tf.cast(tf.minimum(height, width), tf.float32)), tf.int32)
-  side = tf.maximum(side, 1)
-  return (height - side) // 2, (width - side) // 2, side, side
+  failed = tf.logical_and(tf.equal(size[0], shape[0]), tf.equal(size[1], shape[1]))
+  sampled = (begin[0], begin[1], size[0], size[1])
+  centre = central_crop_box(shape, fallback_fraction)
+  return tuple(tf.where(failed, c, s) for s, c in zip(sampled, centre, strict=True))
 
 
 def decode_and_crop(image_bytes: tf.Tensor, box_fn: Callable[[tf.Tensor], Box], channels: int) -> tf.Tensor:
@@ -85,8 +99,11 @@ def decode_and_crop(image_bytes: tf.Tensor, box_fn: Callable[[tf.Tensor], Box], 
 
 
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Bilinear resize to [size, size] with antialiasing (crops are often several times larger); float32."""
-  return tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=True)
+  """Bicubic resize to [size, size], float32, as the official Perceiver code (no antialiasing).
+
+  Not clipped: bicubic overshoots at edges, so values can fall somewhat outside [0, 255].
+  """
+  return tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bicubic", antialias=False)
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -113,12 +130,15 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# RandAugment (Cubuk et al. 2020) on uint8 [H, W, C] images, with the paper's 14 operations.
+# RandAugment (Cubuk et al. 2020) on uint8 [H, W, C] images, with the 16 ops of the tensorflow/tpu
+# AutoAugment lineage that the official Perceiver code uses (Invert, Cutout and SolarizeAdd, no Identity).
 #
-# `magnitude` follows the common convention where 10 is each op's nominal strongest setting (rotate 30
-# degrees, shear 0.3, translate 45% of the side, enhance factor 1 +- 0.9, posterize to 4 bits, solarize at
-# 0); larger magnitudes such as the configs' 15 extrapolate linearly and are clamped where an op's parameter
-# has a natural bound.
+# `magnitude` M is on that lineage's 0-10 scale and sets each op's strength as it does there (the formulas
+# are in `randaugment_strengths`): rotate up to 30 degrees x M/10, shear 0.3 x M/10, translate 100 px x M/10,
+# enhance factor M/10 x 1.8 + 0.1 (so 1, the identity, at M = 5), posterize to int(M/10 x 4) bits, solarize
+# at int(M/10 x 256), SolarizeAdd +int(M/10 x 110) below 128, Cutout a square of side 2 x int(M/10 x 40).
+# Geometric ops and Cutout fill with grey 128; rotate, shear and translate take a random sign. Pixel
+# distances are absolute, so the ops run on the crop at its own size, before the resize.
 
 
 def to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -174,14 +194,12 @@ def rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
 
 
 def shear(image: tf.Tensor, amount: tf.Tensor, axis: int) -> tf.Tensor:
-  """Shears along x (axis=1) or y (axis=0) about the centre line, by `amount` pixels per pixel."""
+  """Shears along x (axis=1) or y (axis=0) about the top-left corner: output (x, y) <- (x + a y, y), or y."""
   one, zero = tf.constant(1.0), tf.constant(0.0)
   amount = tf.cast(amount, tf.float32)
   if axis == 1:
-    center_y = (tf.cast(tf.shape(image)[0], tf.float32) - 1.0) / 2.0
-    return _transform(image, [one, amount, -amount * center_y, zero, one, zero])
-  center_x = (tf.cast(tf.shape(image)[1], tf.float32) - 1.0) / 2.0
-  return _transform(image, [one, zero, zero, amount, one, -amount * center_x])
+    return _transform(image, [one, amount, zero, zero, one, zero])
+  return _transform(image, [one, zero, zero, amount, one, zero])
 
 
 def translate(image: tf.Tensor, pixels: tf.Tensor, axis: int) -> tf.Tensor:
@@ -219,13 +237,36 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
   return tf.stack([_equalize_channel(image[..., c]) for c in range(image.shape[-1])], axis=-1)
 
 
+def invert(image: tf.Tensor) -> tf.Tensor:
+  """255 - x."""
+  return 255 - image
+
+
+def cutout(image: tf.Tensor, half_side: int, seed: tf.Tensor) -> tf.Tensor:
+  """Fills a (2 `half_side`)^2 square centred on a uniformly drawn pixel with grey, clipped at the border."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  center = tf.random.stateless_uniform([2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
+  center_y, center_x = center[0] % height, center[1] % width
+  rows, cols = tf.range(height), tf.range(width)
+  inside_y = (rows >= center_y - half_side) & (rows < center_y + half_side)
+  inside_x = (cols >= center_x - half_side) & (cols < center_x + half_side)
+  inside = inside_y[:, None, None] & inside_x[None, :, None]  # [H, W, 1]
+  return tf.where(inside, tf.constant(_FILL_VALUE, image.dtype), image)
+
+
 def solarize(image: tf.Tensor, threshold: int) -> tf.Tensor:
   """Inverts the pixels at or above `threshold`."""
   return tf.where(image < threshold, image, 255 - image)
 
 
+def solarize_add(image: tf.Tensor, addition: int, threshold: int = 128) -> tf.Tensor:
+  """Adds `addition` (clipped to [0, 255]) to the pixels below `threshold`."""
+  added = tf.cast(tf.clip_by_value(tf.cast(image, tf.int32) + addition, 0, 255), tf.uint8)
+  return tf.where(image < threshold, added, image)
+
+
 def posterize(image: tf.Tensor, bits: int) -> tf.Tensor:
-  """Keeps the `bits` most significant bits of every value."""
+  """Keeps the `bits` most significant bits of every value (0 bits: black)."""
   mask = (0xFF << (8 - bits)) & 0xFF
   return tf.bitwise.bitwise_and(image, tf.constant(mask, tf.uint8))
 
@@ -261,64 +302,112 @@ def sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   return _blend(degenerate, image, factor)
 
 
-def _randaugment_ops(magnitude: float, size: tf.Tensor) -> list[Callable[[tf.Tensor, tf.Tensor], tf.Tensor]]:
-  """The 14 ops as f(uint8 image, sign), with strengths set by `magnitude`; `sign` is +1 or -1."""
-  level = magnitude / 10.0
-  enhance = lambda sign: tf.maximum(1.0 + sign * 0.9 * level, 0.0)  # noqa: E731
-  bits = max(1, min(8, 8 - int(4 * level)))
-  threshold = max(0, min(256, int(round(256 - 256 * level))))
-  shift = lambda sign, axis: sign * 0.45 * level * tf.cast(size[axis], tf.float32)  # noqa: E731
-  return [
-    lambda x, s: x,
-    lambda x, s: auto_contrast(x),
-    lambda x, s: equalize(x),
-    lambda x, s: rotate(x, s * 30.0 * level),
-    lambda x, s: solarize(x, threshold),
-    lambda x, s: color(x, enhance(s)),
-    lambda x, s: posterize(x, bits),
-    lambda x, s: contrast(x, enhance(s)),
-    lambda x, s: brightness(x, enhance(s)),
-    lambda x, s: sharpness(x, enhance(s)),
-    lambda x, s: shear(x, s * 0.3 * level, axis=1),
-    lambda x, s: shear(x, s * 0.3 * level, axis=0),
-    lambda x, s: translate(x, shift(s, 1), axis=1),
-    lambda x, s: translate(x, shift(s, 0), axis=0),
-  ]
+RANDAUGMENT_OPS = (
+  "auto_contrast",
+  "equalize",
+  "invert",
+  "rotate",
+  "posterize",
+  "solarize",
+  "color",
+  "contrast",
+  "brightness",
+  "sharpness",
+  "shear_x",
+  "shear_y",
+  "translate_x",
+  "translate_y",
+  "cutout",
+  "solarize_add",
+)
+RANDAUGMENT_NUM_OPS = len(RANDAUGMENT_OPS)
 
 
-RANDAUGMENT_NUM_OPS = 14
+def randaugment_strengths(magnitude: float) -> dict[str, float]:
+  """Each op's parameter at `magnitude` (0-10 scale), before the random sign; ops without one are absent.
+
+  rotate: degrees; shear_*: pixels per pixel; translate_*: pixels; cutout: half the square's side;
+  solarize: threshold; solarize_add: addition; posterize: bits kept; enhance: the four enhance ops' factor.
+  """
+  level = float(magnitude) / 10.0
+  return {
+    "rotate": 30.0 * level,
+    "posterize": int(4 * level),
+    "solarize": int(256 * level),
+    "enhance": 1.8 * level + 0.1,
+    "shear": 0.3 * level,
+    "translate": 100.0 * level,
+    "cutout": int(40 * level),
+    "solarize_add": int(110 * level),
+  }
+
+
+def randaugment_op(name: str, magnitude: float) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+  """Op `name` of RANDAUGMENT_OPS at `magnitude`, as f(uint8 image, sign +-1, seed [2])."""
+  k = randaugment_strengths(magnitude)
+  bits = max(0, min(8, k["posterize"]))
+  ops = {
+    "auto_contrast": lambda x, s, seed: auto_contrast(x),
+    "equalize": lambda x, s, seed: equalize(x),
+    "invert": lambda x, s, seed: invert(x),
+    "rotate": lambda x, s, seed: rotate(x, s * k["rotate"]),
+    "posterize": lambda x, s, seed: posterize(x, bits),
+    "solarize": lambda x, s, seed: solarize(x, k["solarize"]),
+    "color": lambda x, s, seed: color(x, tf.constant(k["enhance"])),
+    "contrast": lambda x, s, seed: contrast(x, tf.constant(k["enhance"])),
+    "brightness": lambda x, s, seed: brightness(x, tf.constant(k["enhance"])),
+    "sharpness": lambda x, s, seed: sharpness(x, tf.constant(k["enhance"])),
+    "shear_x": lambda x, s, seed: shear(x, s * k["shear"], axis=1),
+    "shear_y": lambda x, s, seed: shear(x, s * k["shear"], axis=0),
+    "translate_x": lambda x, s, seed: translate(x, s * k["translate"], axis=1),
+    "translate_y": lambda x, s, seed: translate(x, s * k["translate"], axis=0),
+    "cutout": lambda x, s, seed: cutout(x, k["cutout"], seed),
+    "solarize_add": lambda x, s, seed: solarize_add(x, k["solarize_add"]),
+  }
+  if name not in ops:
+    raise ValueError(f"Unknown RandAugment op {name!r}; the ops are {RANDAUGMENT_OPS}.")
+  return ops[name]
+
+
+def randaugment_choices(seed: tf.Tensor, num_layers: int) -> list[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+  """(op index, sign, op seed) of each layer: a pure function of `seed`."""
+  choices = []
+  for layer_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_layers)):
+    index_seed, sign_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 3))
+    index = tf.random.stateless_uniform([], index_seed, minval=0, maxval=RANDAUGMENT_NUM_OPS, dtype=tf.int32)
+    sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
+    choices.append((index, sign, op_seed))
+  return choices
 
 
 def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int, magnitude: float) -> tf.Tensor:
-  """Applies `num_layers` ops drawn uniformly (with replacement), each at `magnitude`, random sign.
+  """Applies `num_layers` ops drawn uniformly from the 16 (with replacement), each at `magnitude`.
 
   Args:
-    image: uint8 [H, W, C].
+    image: uint8 [H, W, C], any size (the ops' pixel distances are absolute).
     seed: [2] stateless seed.
     num_layers: N in the paper.
-    magnitude: M in the paper (10 = nominal maximum, see above).
+    magnitude: M in the paper, on the 0-10 scale of `randaugment_strengths`.
 
   Returns:
     uint8 [H, W, C].
   """
   static_shape = image.shape
-  ops = _randaugment_ops(magnitude, tf.shape(image))
-  for layer_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_layers)):
-    op_seed, sign_seed = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 2))
-    index = tf.random.stateless_uniform([], op_seed, minval=0, maxval=len(ops), dtype=tf.int32)
-    sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
-    branches = [lambda op=op, x=image, s=sign: op(x, s) for op in ops]
+  ops = [randaugment_op(name, magnitude) for name in RANDAUGMENT_OPS]
+  for index, sign, op_seed in randaugment_choices(seed, num_layers):
+    branches = [lambda op=op, x=image, s=sign, k=op_seed: op(x, s, k) for op in ops]
     image = tf.switch_case(index, branches)
     image.set_shape(static_shape)
   return image
 
 
 # ---------------------------------------------------------------------------------------------------------
-# MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019), on a whole batch.
+# MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019), on a whole batch, per example.
 
 
-def _beta(seed: tf.Tensor, alpha: float) -> tf.Tensor:
-  gammas = tf.random.stateless_gamma([2], seed, alpha=alpha)
+def _beta(seed: tf.Tensor, alpha: float, shape: Sequence[int]) -> tf.Tensor:
+  """Beta(alpha, alpha) draws from two stateless gammas."""
+  gammas = tf.random.stateless_gamma([2, *shape], seed, alpha=alpha)
   return gammas[0] / tf.maximum(gammas[0] + gammas[1], 1e-12)
 
 
@@ -330,57 +419,62 @@ def mix_batch(
   mixup_alpha: float,
   cutmix_alpha: float,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-  """Mixes each example with the batch's mirror image (example i with B-1-i), one ratio per batch.
+  """Mixes example i with example B-1-i, each with its own ratio; labels mixed by the pixel share.
 
-  With both alphas positive each batch uses CutMix or MixUp with probability 1/2.
+  With both alphas positive, the first B // 2 examples get MixUp and the rest CutMix, as the official
+  Perceiver code splits each batch; with one, every example gets that one. MixUp: x = r x_i + (1 - r) x_j,
+  r ~ Beta(mixup_alpha). CutMix: a box of about 1 - r of the area, r ~ Beta(cutmix_alpha) (1: uniform, the
+  official code's), centred on a uniform pixel and clipped at the border, is pasted from x_j; the label
+  weight is the share of pixels actually kept. Label smoothing belongs after this (the trainer's loss).
 
   Args:
     images: float32 [B, H, W, C].
     labels: int [B], or float [B, K] one-hot.
-    seed: [2] stateless seed.
+    seed: [2] stateless seed of the batch; the draws are a pure function of it and B.
     num_classes: K.
-    mixup_alpha: Beta(alpha, alpha) parameter of MixUp's ratio; 0 disables MixUp.
-    cutmix_alpha: the same for CutMix's pasted area; 0 disables CutMix.
+    mixup_alpha: Beta parameter of MixUp's ratio; 0 disables MixUp.
+    cutmix_alpha: the same for CutMix's kept area; 0 disables CutMix.
 
   Returns:
-    (images float32 [B, H, W, C], soft labels float32 [B, K] that sum to 1).
+    (images float32 [B, H, W, C], soft labels float32 [B, K] whose rows sum to 1).
   """
   images, labels = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
   if labels.dtype.is_floating:  # Already one-hot (or soft).
     one_hot = tf.cast(labels, tf.float32)  # [B, K]
   else:
     one_hot = tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)  # [B, K]
+  if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    return images, one_hot
   partner_images, partner_labels = tf.reverse(images, [0]), tf.reverse(one_hot, [0])
-  choose_seed, ratio_seed, box_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  shape = tf.shape(images)
+  batch, height, width = shape[0], shape[1], shape[2]
+  mixup_seed, cutmix_seed, box_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
 
-  def mixup():
-    ratio = _beta(ratio_seed, mixup_alpha)
-    return ratio * images + (1 - ratio) * partner_images, ratio * one_hot + (1 - ratio) * partner_labels
+  # MixUp for every example, then CutMix where it applies: [B] ratios, the kept share of x_i.
+  mixup_ratio = _beta(mixup_seed, mixup_alpha, [batch]) if mixup_alpha > 0 else tf.ones([batch])
+  mixed = mixup_ratio[:, None, None, None] * images + (1 - mixup_ratio[:, None, None, None]) * partner_images
 
-  def cutmix():
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    side = tf.sqrt(1.0 - _beta(ratio_seed, cutmix_alpha))  # The box covers about 1 - ratio of the area.
+  if cutmix_alpha > 0:
+    side = tf.sqrt(1.0 - _beta(cutmix_seed, cutmix_alpha, [batch]))  # [B]
     box_h = tf.cast(tf.round(side * tf.cast(height, tf.float32)), tf.int32)
     box_w = tf.cast(tf.round(side * tf.cast(width, tf.float32)), tf.int32)
-    center = tf.random.stateless_uniform([2], box_seed)
-    center_y = tf.cast(center[0] * tf.cast(height, tf.float32), tf.int32)
-    center_x = tf.cast(center[1] * tf.cast(width, tf.float32), tf.int32)
+    center = tf.random.stateless_uniform([2, batch], box_seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
+    center_y, center_x = center[0] % height, center[1] % width
     y0, y1 = tf.maximum(center_y - box_h // 2, 0), tf.minimum(center_y + (box_h + 1) // 2, height)
     x0, x1 = tf.maximum(center_x - box_w // 2, 0), tf.minimum(center_x + (box_w + 1) // 2, width)
-    rows, cols = tf.range(height), tf.range(width)
-    inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]  # [H, W]
-    mixed = tf.where(inside[None, :, :, None], partner_images, images)
-    # The label ratio is the area actually kept after clipping the box at the border.
-    ratio = 1.0 - tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(height * width, tf.float32)
-    return mixed, ratio * one_hot + (1 - ratio) * partner_labels
-
-  if mixup_alpha > 0 and cutmix_alpha > 0:
-    use_cutmix = tf.random.stateless_uniform([], choose_seed) < 0.5
-    images, soft = tf.cond(use_cutmix, cutmix, mixup)
-  elif cutmix_alpha > 0:
-    images, soft = cutmix()
-  elif mixup_alpha > 0:
-    images, soft = mixup()
+    rows, cols = tf.range(height)[None], tf.range(width)[None]
+    inside_y = (rows >= y0[:, None]) & (rows < y1[:, None])  # [B, H]
+    inside_x = (cols >= x0[:, None]) & (cols < x1[:, None])  # [B, W]
+    inside = inside_y[:, :, None, None] & inside_x[:, None, :, None]  # [B, H, W, 1]
+    cut = tf.where(inside, partner_images, images)
+    area = tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(height * width, tf.float32)
+    cutmix_ratio = 1.0 - area
+    # Which examples get CutMix: all, or (with MixUp on too) the second half.
+    use_cutmix = tf.range(batch) >= (batch // 2 if mixup_alpha > 0 else 0)  # [B]
+    mixed = tf.where(use_cutmix[:, None, None, None], cut, mixed)
+    ratio = tf.where(use_cutmix, cutmix_ratio, mixup_ratio)
   else:
-    return images, one_hot
-  return images, soft
+    ratio = mixup_ratio
+  soft = ratio[:, None] * one_hot + (1 - ratio[:, None]) * partner_labels
+  mixed.set_shape(images.shape)
+  return mixed, soft

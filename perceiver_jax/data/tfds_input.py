@@ -8,9 +8,9 @@ Train batches: each process reads its own equal slice of the train split (the re
 n / process_count is left out), in endless epochs. Epoch e of a process is its slice with the files shuffled
 and examples shuffled through a buffer, both seeded by (config.seed, process, e). The example at position i
 of that endless stream is augmented with stateless ops seeded by (config.seed, process, i): Inception crop
-fused with JPEG decoding, resize, flip, RandAugment, ImageNet normalisation; then optional MixUp/CutMix per
-batch, seeded by (config.seed, process, step). With MixUp or CutMix on, 'label' is a float32 soft label
-[b, num_classes] (rows sum to 1); otherwise it is int32 [b].
+fused with JPEG decoding, flip and RandAugment at the crop's own size, bicubic resize, ImageNet
+normalisation; then MixUp/CutMix per example of each batch, seeded by (config.seed, process, step). With
+MixUp or CutMix on, 'label' is a float32 soft label [b, num_classes] (rows sum to 1); otherwise int32 [b].
 
 Exact resume: for a fixed process count and the same TF/TFDS versions and data files, the batch at step s is
 a pure function of (config.seed, s): `train_batches(config, start_step=s)` starts epoch s*b // n and skips
@@ -19,11 +19,12 @@ not decode) the skipped records, at most one epoch of them. Not reproducible: a 
 slices change), a rebuilt dataset with different shard files, or a different `dataset.shuffle_buffer`.
 
 Eval batches: the eval split in file order, split over processes (the first n % process_count get one more
-example), centre crop of `augment.eval_crop_fraction` of the shorter side, resized and normalised, plus
+example), centre crop of int(`augment.eval_crop_fraction` x shorter side), bicubic resize, normalised, plus
 'mask' bool [b] (False for padding). Every example is counted exactly once and every process yields the same
 number of batches, padding with fully masked batches where it has fewer examples.
 
-Config fields read beyond configs/imagenet.py's: `dataset.shuffle_buffer` (default 10,000 records),
+Config fields read beyond configs/imagenet.py's: `augment.crop_min_object_covered` (default 0.1),
+`dataset.shuffle_buffer` (default 10,000 records),
 `dataset.download` (default False), `dataset.manual_dir` (ImageNet tars for `download`).
 """
 
@@ -199,6 +200,8 @@ def _train_params(config: ml_collections.ConfigDict) -> tuple:
     config.dataset.image_size,
     tuple(float(a) for a in aug.crop_area),
     tuple(float(a) for a in aug.crop_aspect),
+    float(aug.get("crop_min_object_covered", 0.1)),
+    float(aug.eval_crop_fraction),
     bool(aug.flip),
     int(aug.randaugment_layers),
     float(aug.randaugment_magnitude),
@@ -207,20 +210,29 @@ def _train_params(config: ml_collections.ConfigDict) -> tuple:
 
 @functools.lru_cache(maxsize=16)
 def _train_fn(params: tuple, key: int):
-  """(encoded image, label, stream position) -> (float32 [S, S, C] augmented, label); seeded by `key`."""
-  channels, size, area, aspect, flip, layers, magnitude = params
+  """(encoded image, label, stream position) -> (float32 [S, S, C] augmented, label); seeded by `key`.
+
+  The official Perceiver code's order: crop, flip and RandAugment at the crop's own size, then resize.
+  """
+  channels, size, area, aspect, min_covered, fallback, flip, layers, magnitude = params
 
   def preprocess(image_bytes, label, index):
     seed = tf.stack([tf.constant(key, tf.int64), index])
     crop_seed, flip_seed, randaugment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    box = functools.partial(augment.random_crop_box, seed=crop_seed, area_range=area, aspect_range=aspect)
-    image = augment.decode_and_crop(image_bytes, box, channels)
-    image = augment.resize(image, size)
+    box = functools.partial(
+      augment.random_crop_box,
+      seed=crop_seed,
+      area_range=area,
+      aspect_range=aspect,
+      min_object_covered=min_covered,
+      fallback_fraction=fallback,
+    )
+    image = augment.decode_and_crop(image_bytes, box, channels)  # uint8 [h, w, C], the crop's own size
     if flip:
       image = augment.random_flip(image, flip_seed)
     if layers > 0:
-      image = augment.randaugment(augment.to_uint8(image), randaugment_seed, layers, magnitude)
-    return augment.normalize(image), label
+      image = augment.randaugment(image, randaugment_seed, layers, magnitude)
+    return augment.normalize(augment.resize(image, size)), label
 
   signature = [tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64)]
   return tf.function(preprocess, input_signature=signature, autograph=False)
