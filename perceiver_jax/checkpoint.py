@@ -171,6 +171,72 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
   multihost_utils.sync_global_devices(f"perceiver_jax_move_aside_{step}")
 
 
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint holds a train state of another structure or shape than the config builds."""
+
+
+# orbax's name for the single unnamed item of a checkpoint: `<step>/default/`.
+_ITEM = "default"
+
+
+def _layout_error(manager: ocp.CheckpointManager, step: int) -> str | None:
+  """Why checkpoint `step` cannot be a whole checkpoint, from its directory alone, or None.
+
+  Checked before orbax sees the step: the manager infers once, from the first step it restores, whether
+  its checkpoints hold one unnamed item or several, and keeps that for every later restore and save. A
+  step missing its item directory would make it expect several items from then on, failing every intact
+  checkpoint after it (and the next save) with "Must provide `args` of type `Composite`".
+  """
+  item = manager.directory / str(step) / _ITEM
+  if not item.is_dir():
+    return f"{item} is missing"
+  if not any(True for _ in item.iterdir()):
+    return f"{item} is empty"
+  return None
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="/"): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+    for path, leaf in leaves
+  }
+
+
+def _mismatch(manager: ocp.CheckpointManager, step: int, target: Any) -> str | None:
+  """The first differences between checkpoint `step`'s stored shapes and `target`'s, if it can be read."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(manager.directory / str(step) / _ITEM)
+    stored = _shapes(getattr(metadata, "item_metadata", metadata))
+  except Exception:  # noqa: BLE001  Unreadable metadata: a damaged checkpoint, not another model.
+    return None
+  wanted = _shapes(target)
+  diffs = [
+    f"{path}: {stored.get(path, 'absent')} in the checkpoint, {wanted.get(path, 'absent')} in the config"
+    for path in sorted(stored.keys() | wanted.keys())
+    if stored.get(path) != wanted.get(path)
+  ]
+  return "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "") if diffs else None
+
+
+class _QuietAsyncio:
+  """Keeps orbax's asyncio noise of a failed restore (hundreds of "Event loop is closed") off the log.
+
+  The exception that matters reaches `restore_latest`, which logs one warning per checkpoint it skips.
+  """
+
+  def __enter__(self):
+    import logging as std_logging
+
+    self._logger = std_logging.getLogger("asyncio")
+    self._level = self._logger.level
+    self._logger.setLevel(std_logging.CRITICAL)
+    return self
+
+  def __exit__(self, *exc_info):
+    self._logger.setLevel(self._level)
+
+
 def restore_latest(
   manager: ocp.CheckpointManager,
   target: Any,
@@ -180,24 +246,38 @@ def restore_latest(
   """(state, step) of the newest readable checkpoint among `steps` (default: all), or (None, None).
 
   An unreadable checkpoint is logged with its step and error, then the one before it is tried. With
-  `move_aside_corrupt` (a training run, which will write those steps again) it is moved aside.
+  `move_aside_corrupt` (a training run, which will write those steps again) it is moved aside. A failed
+  restore leaves the manager as it was, so the next step restores as a fresh manager would.
+
+  Raises:
+    CheckpointMismatch: a readable checkpoint stores other shapes than `target` (another model or
+      optimizer): nothing is moved aside.
   """
   moved = False
   for step in sorted(manager.all_steps() if steps is None else steps, reverse=True):
-    try:
-      state, error = manager.restore(step, args=ocp.args.StandardRestore(target)), None
-    except Exception as e:  # noqa: BLE001  Whatever went wrong, the previous checkpoint may be fine.
-      state, error = None, e
+    state, error = None, _layout_error(manager, step)
+    if error is None:
+      try:
+        with _QuietAsyncio():
+          state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      except Exception as e:  # noqa: BLE001  Whatever went wrong, the previous checkpoint may be fine.
+        error = f"{type(e).__name__}: {str(e)[:300]}"
+        mismatch = _mismatch(manager, step, target)
+        if mismatch:  # Every process reads the same metadata, so all of them raise.
+          raise CheckpointMismatch(
+            f"The checkpoint of step {step} in {manager.directory} holds another train state than this "
+            f"config builds ({mismatch}); train this config into a new workdir."
+          ) from e
     if _all_processes(error is None):
       if moved:
         manager.reload()
       return state, step
     logging.warning(
-      "Checkpoint of step %d in %s is unreadable (%s: %s); falling back to the previous one.",
+      "Checkpoint of step %d in %s is unreadable (%s); %s.",
       step,
       manager.directory,
-      type(error).__name__ if error else "another process failed",
-      str(error)[:500] if error else "",
+      error or "another process failed to read it",
+      "moving it aside and trying the previous one" if move_aside_corrupt else "trying the previous one",
     )
     if move_aside_corrupt:
       _move_aside(manager, step)
