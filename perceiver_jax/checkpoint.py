@@ -27,7 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, Sharding
 
-from perceiver_jax import parallel
+from perceiver_jax import parallel, run_files
 
 if TYPE_CHECKING:
   from perceiver_jax.train import TrainState
@@ -109,11 +109,15 @@ def config_from_json(value: str | dict) -> ml_collections.ConfigDict:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of the run in `workdir`, from its config.json."""
-  path = epath.Path(workdir) / "config.json"
+  path = epath.Path(workdir) / run_files.CONFIG
   if not path.exists():
     what = "does not exist" if not epath.Path(workdir).exists() else f"has no config.json ({path})"
     raise FileNotFoundError(f"No run in workdir {workdir!r}: it {what}; train into it first.")
-  return config_from_json(path.read_text())
+  tree = run_files.read_json(path)
+  if not isinstance(tree, dict):
+    raise run_files.RunFileError(f"{path} holds no config (a JSON {type(tree).__name__}); restore it.")
+  tree.pop(run_files.CONFIG_CHANGES, None)
+  return config_from_json(tree)
 
 
 def _directory(workdir: str) -> epath.Path:
@@ -151,7 +155,8 @@ def abstract_state(init_fn: Callable[[], Any], sharding: Sharding) -> Any:
   )
 
 
-def _all_processes(ok: bool) -> bool:
+def all_processes(ok: bool) -> bool:
+  """Whether `ok` holds on every process (a collective: every process calls it)."""
   if jax.process_count() == 1:
     return ok
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
@@ -268,7 +273,7 @@ def restore_latest(
             f"The checkpoint of step {step} in {manager.directory} holds another train state than this "
             f"config builds ({mismatch}); train this config into a new workdir."
           ) from e
-    if _all_processes(error is None):
+    if all_processes(error is None):
       if moved:
         manager.reload()
       return state, step
