@@ -370,12 +370,10 @@ def train_and_evaluate(
     raise error or RuntimeError(f"Process 0 could not start the run in {workdir}; see its log.")
   try:
     writer = MetricWriter(workdir, tensorboard=tensorboard)  # Reads metrics.jsonl: fails before writing.
-    if is_lead:
-      run_files.write_json(root / run_files.CONFIG, config_json)
     manager = checkpoint.make_manager(workdir, keep)
     try:
       with checkpoint.PreemptionWatcher(trainer.mesh) as watcher:
-        return _train(trainer, workdir, writer, manager, watcher)
+        return _train(trainer, workdir, writer, manager, watcher, config_json)
     finally:
       manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
       writer.close()
@@ -383,7 +381,7 @@ def train_and_evaluate(
     lock.release()
 
 
-def _train(trainer: Trainer, workdir: str, writer, manager, watcher) -> dict[str, Any]:
+def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json) -> dict[str, Any]:
   config, t, total = trainer.config, trainer.config.train, trainer.total_steps
   is_lead = jax.process_index() == 0
   logging.info(
@@ -399,6 +397,8 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher) -> dict[str
     functools.partial(init_state, config, trainer.model, trainer.optimizer), parallel.replicated(trainer.mesh)
   )
   train_state, start = checkpoint.restore_latest(manager, target, move_aside_corrupt=True)
+  if is_lead:  # After the restore: a checkpoint of another shape (CheckpointMismatch) leaves config.json be.
+    run_files.write_json(epath.Path(workdir) / run_files.CONFIG, config_json)
   if train_state is None:
     train_state, start = trainer.init(), 0
   else:

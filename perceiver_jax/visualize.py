@@ -38,8 +38,8 @@ _OVERVIEW_LATENTS = 4
 OVERVIEW_EXAMPLES = 16
 # Attention maps are computed this many examples at a time, so memory does not grow with --examples.
 _CHUNK = 64
-# Beyond this many examples a run is refused: a few seconds per example of PNGs (docs/visualize.md).
-MAX_EXAMPLES = 1000
+# Beyond this many examples a run is refused: each costs ~2.5 s of PNGs on a CPU core (80: 205 s, 0.5 GB).
+MAX_EXAMPLES = 200
 
 
 class Examples(NamedTuple):
