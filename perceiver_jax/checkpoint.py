@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -215,6 +216,8 @@ def _mismatch(manager: ocp.CheckpointManager, step: int, target: Any) -> str | N
     stored = _shapes(getattr(metadata, "item_metadata", metadata))
   except Exception:  # noqa: BLE001  Unreadable metadata: a damaged checkpoint, not another model.
     return None
+  if not stored:  # No metadata to compare with: damaged, not another model.
+    return None
   wanted = _shapes(target)
   diffs = [
     f"{path}: {stored.get(path, 'absent')} in the checkpoint, {wanted.get(path, 'absent')} in the config"
@@ -222,6 +225,28 @@ def _mismatch(manager: ocp.CheckpointManager, step: int, target: Any) -> str | N
     if stored.get(path) != wanted.get(path)
   ]
   return "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "") if diffs else None
+
+
+def _drop_closed_loop_noise(hook):
+  """An unraisable-exception hook that drops asyncio's "Event loop is closed" and passes on the rest.
+
+  A failed orbax restore leaves callbacks that fire into its closed event loop from other threads; each
+  prints a traceback through `sys.unraisablehook` (hundreds per restore), burying the one warning that
+  matters. Only that exact error is dropped.
+  """
+
+  def drop(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    hook(unraisable)
+
+  drop.perceiver_jax_filter = True
+  return drop
+
+
+if not getattr(sys.unraisablehook, "perceiver_jax_filter", False):
+  sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
 
 
 class _QuietAsyncio:

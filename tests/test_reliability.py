@@ -39,9 +39,8 @@ def tiny(**overrides):
 def reference(tmp_path_factory):
   root = tmp_path_factory.mktemp("reliability")
   # The resumes compile the same steps again: a persistent cache turns that into a lookup.
-  saved = {
-    k: jax.config.read(k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  }
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  saved = {k: getattr(jax.config, k) for k in keys}
   jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   try:
