@@ -25,10 +25,7 @@ def _config_key_message(argv: Sequence[str], error: Exception) -> str | None:
   """For an unknown `--config.a.b=v` field: the message naming it and the nearest known fields."""
   if not isinstance(error, (AttributeError, KeyError)):
     return None
-  try:
-    config = flags.FLAGS["config"].value
-  except (KeyError, AttributeError):
-    return None
+  config = _load_config(argv, "config", "")
   if config is None or not hasattr(config, "items"):
     return None
   known = config_args.leaf_paths(config)
