@@ -5,11 +5,10 @@ same multi-process flags as experiments/train.py.
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from perceiver_jax import distributed, train
+from perceiver_jax import cli, distributed, train
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory, as given to experiments/train.py.", required=True
@@ -23,12 +22,9 @@ _LOCAL_DEVICES = flags.DEFINE_integer("local_device_count", None, "CPU devices p
 def main(argv):
   del argv
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value)
-  try:
-    results = train.evaluate_run(_WORKDIR.value)
-  except FileNotFoundError as e:
-    sys.exit(f"error: {e}")
+  results = train.evaluate_run(_WORKDIR.value)
   print(json.dumps(results, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,9 +10,9 @@ import importlib.util
 import os
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from perceiver_jax import reproduce, tables
+from perceiver_jax import cli, reproduce, tables
 
 _CONFIGS = {"digits": "digits.py"}
 _SUITE = flags.DEFINE_enum("suite", "digits", sorted(_CONFIGS), "Which suite of runs.")
@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,24 +3,31 @@
 With no flags it trains the embedded default (configs/digits.py) into ./workdirs/digits.
 `--config=configs/imagenet.py:permuted,runlocal` picks a config file and its variants, and
 `--config.train.num_steps=100` overrides any field. A workdir that holds checkpoints is resumed from the
-latest. Multi-process runs start every process with the same flags: SLURM (`srun`) and Cloud TPU pods are
-detected; elsewhere add `--coordinator_address=host:port --num_processes=N --process_id=i`.
+latest; a resume that changes the experiment is refused (`--accept_config_change` accepts it, recorded
+in config.json). Bad input ends in one `error: ...` line (`--verbose` shows the traceback). Multi-process
+runs start every process with the same flags: SLURM (`srun`) and Cloud TPU pods are detected; elsewhere
+add `--coordinator_address=host:port --num_processes=N --process_id=i`.
 """
 
 import os
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from perceiver_jax import distributed, train
+from perceiver_jax import cli, distributed, train
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "digits.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file[:variants].")
+_CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "Config file[:variants].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<dataset name>).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 _LOCAL_DEVICES = flags.DEFINE_integer("local_device_count", None, "CPU devices per process (CPU runs).")
+_ACCEPT_CHANGE = flags.DEFINE_bool(
+  "accept_config_change",
+  False,
+  "Resume a run with a config that changes its experiment (model, input, optimizer, ...); the change is "
+  "recorded in its config.json. Without it such a resume is refused before the workdir is touched.",
+)
 _TENSORBOARD = flags.DEFINE_bool(
   "tensorboard", True, "Write TensorBoard events; --notensorboard skips importing TensorFlow (~10 s)."
 )
@@ -31,7 +38,9 @@ def main(argv):
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("workdirs", config.dataset.name)
-  results = train.train_and_evaluate(config, workdir, tensorboard=_TENSORBOARD.value)
+  results = train.train_and_evaluate(
+    config, workdir, tensorboard=_TENSORBOARD.value, accept_config_change=_ACCEPT_CHANGE.value
+  )
   if results.get("preempted"):
     print(f"Preempted: checkpoint of step {results['step']} saved in {workdir}; run again to resume.")
     return
@@ -43,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -27,7 +28,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, Sharding
 
-from perceiver_jax import parallel
+from perceiver_jax import parallel, run_files
 
 if TYPE_CHECKING:
   from perceiver_jax.train import TrainState
@@ -109,11 +110,15 @@ def config_from_json(value: str | dict) -> ml_collections.ConfigDict:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of the run in `workdir`, from its config.json."""
-  path = epath.Path(workdir) / "config.json"
+  path = epath.Path(workdir) / run_files.CONFIG
   if not path.exists():
     what = "does not exist" if not epath.Path(workdir).exists() else f"has no config.json ({path})"
     raise FileNotFoundError(f"No run in workdir {workdir!r}: it {what}; train into it first.")
-  return config_from_json(path.read_text())
+  tree = run_files.read_json(path)
+  if not isinstance(tree, dict):
+    raise run_files.RunFileError(f"{path} holds no config (a JSON {type(tree).__name__}); restore it.")
+  tree.pop(run_files.CONFIG_CHANGES, None)
+  return config_from_json(tree)
 
 
 def _directory(workdir: str) -> epath.Path:
@@ -151,7 +156,8 @@ def abstract_state(init_fn: Callable[[], Any], sharding: Sharding) -> Any:
   )
 
 
-def _all_processes(ok: bool) -> bool:
+def all_processes(ok: bool) -> bool:
+  """Whether `ok` holds on every process (a collective: every process calls it)."""
   if jax.process_count() == 1:
     return ok
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
@@ -171,6 +177,96 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
   multihost_utils.sync_global_devices(f"perceiver_jax_move_aside_{step}")
 
 
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint holds a train state of another structure or shape than the config builds."""
+
+
+# orbax's name for the single unnamed item of a checkpoint: `<step>/default/`.
+_ITEM = "default"
+
+
+def _layout_error(manager: ocp.CheckpointManager, step: int) -> str | None:
+  """Why checkpoint `step` cannot be a whole checkpoint, from its directory alone, or None.
+
+  Checked before orbax sees the step: the manager infers once, from the first step it restores, whether
+  its checkpoints hold one unnamed item or several, and keeps that for every later restore and save. A
+  step missing its item directory would make it expect several items from then on, failing every intact
+  checkpoint after it (and the next save) with "Must provide `args` of type `Composite`".
+  """
+  item = manager.directory / str(step) / _ITEM
+  if not item.is_dir():
+    return f"{item} is missing"
+  if not any(True for _ in item.iterdir()):
+    return f"{item} is empty"
+  return None
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="/"): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+    for path, leaf in leaves
+  }
+
+
+def _mismatch(manager: ocp.CheckpointManager, step: int, target: Any) -> str | None:
+  """The first differences between checkpoint `step`'s stored shapes and `target`'s, if it can be read."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(manager.directory / str(step) / _ITEM)
+    stored = _shapes(getattr(metadata, "item_metadata", metadata))
+  except Exception:  # noqa: BLE001  Unreadable metadata: a damaged checkpoint, not another model.
+    return None
+  if not stored:  # No metadata to compare with: damaged, not another model.
+    return None
+  wanted = _shapes(target)
+  diffs = [
+    f"{path}: {stored.get(path, 'absent')} in the checkpoint, {wanted.get(path, 'absent')} in the config"
+    for path in sorted(stored.keys() | wanted.keys())
+    if stored.get(path) != wanted.get(path)
+  ]
+  return "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "") if diffs else None
+
+
+def _drop_closed_loop_noise(hook):
+  """An unraisable-exception hook that drops asyncio's "Event loop is closed" and passes on the rest.
+
+  A failed orbax restore leaves callbacks that fire into its closed event loop from other threads; each
+  prints a traceback through `sys.unraisablehook` (hundreds per restore), burying the one warning that
+  matters. Only that exact error is dropped.
+  """
+
+  def drop(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    hook(unraisable)
+
+  drop.perceiver_jax_filter = True
+  return drop
+
+
+if not getattr(sys.unraisablehook, "perceiver_jax_filter", False):
+  sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
+
+
+class _QuietAsyncio:
+  """Keeps orbax's asyncio noise of a failed restore (hundreds of "Event loop is closed") off the log.
+
+  The exception that matters reaches `restore_latest`, which logs one warning per checkpoint it skips.
+  """
+
+  def __enter__(self):
+    import logging as std_logging
+
+    self._logger = std_logging.getLogger("asyncio")
+    self._level = self._logger.level
+    self._logger.setLevel(std_logging.CRITICAL)
+    return self
+
+  def __exit__(self, *exc_info):
+    self._logger.setLevel(self._level)
+
+
 def restore_latest(
   manager: ocp.CheckpointManager,
   target: Any,
@@ -180,24 +276,38 @@ def restore_latest(
   """(state, step) of the newest readable checkpoint among `steps` (default: all), or (None, None).
 
   An unreadable checkpoint is logged with its step and error, then the one before it is tried. With
-  `move_aside_corrupt` (a training run, which will write those steps again) it is moved aside.
+  `move_aside_corrupt` (a training run, which will write those steps again) it is moved aside. A failed
+  restore leaves the manager as it was, so the next step restores as a fresh manager would.
+
+  Raises:
+    CheckpointMismatch: a readable checkpoint stores other shapes than `target` (another model or
+      optimizer): nothing is moved aside.
   """
   moved = False
   for step in sorted(manager.all_steps() if steps is None else steps, reverse=True):
-    try:
-      state, error = manager.restore(step, args=ocp.args.StandardRestore(target)), None
-    except Exception as e:  # noqa: BLE001  Whatever went wrong, the previous checkpoint may be fine.
-      state, error = None, e
-    if _all_processes(error is None):
+    state, error = None, _layout_error(manager, step)
+    if error is None:
+      try:
+        with _QuietAsyncio():
+          state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      except Exception as e:  # noqa: BLE001  Whatever went wrong, the previous checkpoint may be fine.
+        error = f"{type(e).__name__}: {str(e)[:300]}"
+        mismatch = _mismatch(manager, step, target)
+        if mismatch:  # Every process reads the same metadata, so all of them raise.
+          raise CheckpointMismatch(
+            f"The checkpoint of step {step} in {manager.directory} holds another train state than this "
+            f"config builds ({mismatch}); train this config into a new workdir."
+          ) from e
+    if all_processes(error is None):
       if moved:
         manager.reload()
       return state, step
     logging.warning(
-      "Checkpoint of step %d in %s is unreadable (%s: %s); falling back to the previous one.",
+      "Checkpoint of step %d in %s is unreadable (%s); %s.",
       step,
       manager.directory,
-      type(error).__name__ if error else "another process failed",
-      str(error)[:500] if error else "",
+      error or "another process failed to read it",
+      "moving it aside and trying the previous one" if move_aside_corrupt else "trying the previous one",
     )
     if move_aside_corrupt:
       _move_aside(manager, step)

@@ -9,6 +9,7 @@ typo never silently trains the wrong model.
 from __future__ import annotations
 
 import ast
+import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,25 +34,44 @@ def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
   return words, overrides
 
 
-def _leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+def leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf's dotted path: ['seed', 'model.num_latents', ...]."""
   paths = []
   for key, value in config.items():
     path = f"{prefix}{key}"
     if isinstance(value, ml_collections.ConfigDict):
-      paths += _leaf_paths(value, path + ".")
+      paths += leaf_paths(value, path + ".")
     else:
       paths.append(path)
   return paths
 
 
+def nearest_fields(config: ml_collections.ConfigDict, key: str, n: int = 3) -> list[str]:
+  """The config fields nearest to `key` by spelling, comparing whole paths and last names."""
+  paths = leaf_paths(config)
+  near = difflib.get_close_matches(key, paths, n=n, cutoff=0.5)
+  by_name = {p.rsplit(".", 1)[-1]: p for p in paths}
+  near += [by_name[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], by_name, n=n, cutoff=0.6)]
+  if not near and "." in key:  # A known section: list its fields.
+    section = key.rsplit(".", 1)[0] + "."
+    near = [p for p in paths if p.startswith(section)]
+  return list(dict.fromkeys(near))[:n] or paths[:n]
+
+
+def unknown_field_message(config: ml_collections.ConfigDict, key: str, what: str) -> str:
+  """'<what> names no config field; nearest: a.b, c.d.' for an unknown `key`."""
+  return f"{what} names no config field; nearest: {', '.join(nearest_fields(config, key))}."
+
+
 def set_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   """Sets `config.<key>` where key is a dotted path or a unique leaf name."""
-  paths = _leaf_paths(config)
+  paths = leaf_paths(config)
   if key not in paths:
     matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
-    if len(matches) != 1:
-      why = "is ambiguous between " + ", ".join(matches) if matches else "names no config field"
-      raise ValueError(f"Config override {key!r} {why}; use a dotted path such as model.{key}.")
+    if len(matches) > 1:
+      raise ValueError(f"Config override {key!r} is ambiguous: {', '.join(matches)}; use a dotted path.")
+    if not matches:
+      raise ValueError(unknown_field_message(config, key, f"Config override {key!r}"))
     key = matches[0]
   *parents, leaf = key.split(".")
   node = config

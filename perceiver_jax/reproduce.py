@@ -112,5 +112,5 @@ def run_suite(
       results["eval"]["top1"],
       time.perf_counter() - start,
     )
-  finished = tables.find_runs([os.path.join(workdir, name) for name, _ in runs])
+  finished = tables.find_runs([os.path.join(workdir, name) for name, _ in runs], missing_ok=True)
   return tables.write_report(finished, os.path.join(workdir, "tables"), gflops_fn)

@@ -11,6 +11,7 @@ a Cloud TPU pod (`scripts/launch_tpu_pod.sh`) or a SLURM cluster (`scripts/slurm
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import os
@@ -19,7 +20,9 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from perceiver_jax import config_args
 
 LAUNCHERS = ("local", "print", "tpu_pod", "slurm")
 TPU_POD_SCRIPT = "scripts/launch_tpu_pod.sh"
@@ -108,8 +111,28 @@ def plan(
   return runs
 
 
+def _overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
+  """(dotted key, value) of each `--config.a.b=v` in `args`; values are Python literals or strings."""
+  pairs = []
+  for a in args:
+    if a.startswith("--config."):
+      key, _, value = a[len("--config.") :].partition("=")
+      pairs += list(config_args.parse_arg(f"{key}={value}")[1].items())
+  return pairs
+
+
 def validate(runs: Sequence[SweepRun]) -> None:
-  """Builds every run's config, so a typo in a key or a value fails here rather than in a job."""
+  """Builds every run's config and model before anything is launched, so that a typo in a key or a
+  value, or a model that cannot be built (a shape that does not divide), fails here rather than in a job.
+
+  The config gets the run's `--config.a.b=v` overrides as well; the model's parameters and optimizer state
+  are built through `jax.eval_shape`, which traces the model's construction without computing anything.
+  """
+  # Imported here: planning and printing a sweep need no JAX.
+  import jax
+
+  from perceiver_jax import models, optim, train
+
   for run in runs:
     config = next(a for a in run.args if a.startswith("--config="))[len("--config=") :]
     path, _, arg = config.partition(":")
@@ -119,8 +142,14 @@ def validate(runs: Sequence[SweepRun]) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     try:
-      module.get_config(arg)
-    except ValueError as e:
+      built = module.get_config(arg)
+      for key, value in _overrides(run.args):
+        config_args.set_path(built, key, value)
+      train.validate_config(built)
+      model = models.make_model(built)
+      optimizer, _ = optim.make_optimizer(built, 1, 1)
+      jax.eval_shape(functools.partial(train.init_state, built, model, optimizer))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
       raise ValueError(f"Run {run.name}: {e}") from e
 
 

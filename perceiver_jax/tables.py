@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from absl import logging
+from etils import epath
+
+from perceiver_jax import run_files
 
 DASH = "—"
 PERMUTATIONS = ("none", "fixed", "random")
@@ -393,26 +396,43 @@ def row_name(run: Run) -> str | None:
 
 
 def load_run(path: str) -> Run:
-  with open(os.path.join(path, "results.json")) as f:
-    results = json.load(f)
-  with open(os.path.join(path, "config.json")) as f:
-    config = json.load(f)
-  metrics = []
-  metrics_path = os.path.join(path, "metrics.jsonl")
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      metrics = [json.loads(line) for line in f if line.strip()]
+  """The run in directory `path`; run_files.RunFileError names a file that is unreadable or lacks a field."""
+  root = epath.Path(path)
+  results = run_files.read_json(root / run_files.RESULTS)
+  config = run_files.read_json(root / run_files.CONFIG)
+  try:
+    float(results["eval"]["top1"]), int(results["params"]), int(results["step"])
+    str(config["model_name"]), str(config["dataset"]["name"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise run_files.RunFileError(
+      f"{root} is not a finished run: its results.json or config.json lacks {e} (or holds a bad value)."
+    ) from e
+  metrics = run_files.read_jsonl(root / run_files.METRICS)
   return Run(path, config, results, tuple(metrics))
 
 
-def find_runs(roots: Iterable[str]) -> list[Run]:
-  """Every finished run (a directory with results.json and config.json) under `roots`, sorted by path."""
+def find_runs(roots: Iterable[str], missing_ok: bool = False) -> list[Run]:
+  """Every finished run (a directory with results.json and config.json) under `roots`, sorted by path.
+
+  A run that cannot be read is skipped with a warning naming it.
+
+  Raises:
+    FileNotFoundError: a root is not a directory (unless `missing_ok`: then it holds no runs).
+  """
   paths = set()
   for root in roots:
+    if not os.path.isdir(root) and not missing_ok:
+      raise FileNotFoundError(f"--runs={root} is not a directory; pass the directory that holds the runs.")
     for directory, _, files in os.walk(root):
       if "results.json" in files and "config.json" in files:
         paths.add(os.path.normpath(directory))
-  return [load_run(p) for p in sorted(paths)]
+  runs = []
+  for path in sorted(paths):
+    try:
+      runs.append(load_run(path))
+    except run_files.RunFileError as e:
+      logging.warning("Skipping the run in %s: %s", path, e)
+  return runs
 
 
 def report(runs: Sequence[Run], gflops_fn: GflopsFn | None = None) -> list[tuple[str, Table, str, str]]:

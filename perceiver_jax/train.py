@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from typing import Any, NamedTuple
 
@@ -23,9 +22,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax import lax
 
-from perceiver_jax import checkpoint, config_args, data, models, optim, parallel
+from perceiver_jax import checkpoint, config_args, data, models, optim, parallel, run_files
 from perceiver_jax.metric_writer import MetricWriter
 
 # Folded into a step's key to derive independent streams.
@@ -263,54 +263,49 @@ def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
-def _write_json(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+class ConfigChangeRefused(ValueError):
+  """A resume whose config changes the experiment of the run in the workdir."""
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}".lstrip(".")).items()}
+def check_resume(
+  config: ml_collections.ConfigDict, workdir: str, accept_config_change: bool = False
+) -> dict[str, Any]:
+  """The config.json to write for training `config` in `workdir`; reads the workdir, writes nothing.
 
+  A run already in `workdir` may be resumed with changes to RESUMABLE_CHANGES (its length, logging, eval
+  and checkpoint intervals); other changes raise ConfigChangeRefused listing them, unless
+  `accept_config_change`. Every change is recorded in the returned JSON's `config_changes` list.
 
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes config.json, warning when it changes that of the run being resumed."""
-  path = os.path.join(workdir, "config.json")
+  Raises:
+    ConfigChangeRefused: the config changes the experiment and the change is not accepted.
+    run_files.RunFileError: the workdir's config.json cannot be read.
+  """
   new = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      old, flat = _flat(json.load(f)), _flat(new)
-    changed = sorted(k for k in old.keys() | flat.keys() if old.get(k) != flat.get(k))
-    if changed:
-      logging.warning("The config differs from that of the run in %s in: %s.", workdir, ", ".join(changed))
-  _write_json(path, new)
-
-
-def _keep_metrics_until(workdir: str, step: int) -> list[dict[str, Any]]:
-  """Drops metrics.jsonl lines after `step` (they will be logged again); returns its eval history."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  kept = [line for line in lines if line["step"] <= step]
-  if len(kept) < len(lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(line) + "\n" for line in kept)
-    os.replace(tmp, path)
-  history = [
-    {"step": line["step"], **{k[len("eval_") :]: v for k, v in line.items() if k.startswith("eval_")}}
-    for line in kept
-    if "eval_top1" in line
-  ]
-  for entry in history:
-    entry["count"] = int(entry.get("count", 0))
-  return history
+  path = epath.Path(workdir) / run_files.CONFIG
+  if not path.exists():
+    return new
+  old = run_files.read_json(path)
+  if not isinstance(old, dict):
+    raise run_files.RunFileError(f"{path} holds no config (a JSON {type(old).__name__}); restore it.")
+  changes = run_files.config_diff(old, new)
+  refused = run_files.experiment_changes(changes)
+  if refused and not accept_config_change:
+    listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+    raise ConfigChangeRefused(
+      f"The run in {workdir} is another experiment ({listed}); train into a new workdir, or resume with "
+      "--accept_config_change to continue it with these changes (recorded in its config.json)."
+    )
+  history = list(old.get(run_files.CONFIG_CHANGES) or [])
+  if changes:
+    logging.warning(
+      "Resuming %s with changed config fields: %s.",
+      workdir,
+      ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+    )
+    history.append({"changes": {k: list(v) for k, v in changes.items()}, "accepted": sorted(refused)})
+  if history:
+    new[run_files.CONFIG_CHANGES] = history
+  return new
 
 
 def _fetch_finite(pending: list[tuple[int, Any]], latest_checkpoint: int | None) -> list[dict[str, float]]:
@@ -336,7 +331,10 @@ def _fetch_finite(pending: list[tuple[int, Any]], latest_checkpoint: int | None)
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, tensorboard: bool = True
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  tensorboard: bool = True,
+  accept_config_change: bool = False,
 ) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint, then evaluates.
 
@@ -345,24 +343,45 @@ def train_and_evaluate(
   results.json. Checkpoints are saved every `config.checkpoint.every` steps, at the
   end, and at the first step boundary after a SIGTERM: then the run stops and returns
   `{'preempted': True, 'step': ...}`, and calling this again resumes it exactly where it stopped.
+
+  Before anything in `workdir` is written: a resume whose config changes the experiment is refused
+  (`check_resume`; `accept_config_change` lets it go on, recorded in config.json), and a workdir in use
+  by another live run is refused (`run_files.WorkdirLock`, held by process 0 until this returns).
   """
   trainer = Trainer(config)
   every, keep = config.checkpoint.every, config.checkpoint.keep
   config_args.check_positive("checkpoint.", every=every, keep=keep)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    _write_config(workdir, config)
-  writer = MetricWriter(workdir, tensorboard=tensorboard)
-  manager = checkpoint.make_manager(workdir, keep)
+  root = epath.Path(workdir)
+  if root.exists() and not root.is_dir():
+    raise NotADirectoryError(
+      f"The workdir {workdir} is a file; pass a directory (new or a run's) as --workdir."
+    )
+  is_lead = jax.process_index() == 0
+  # Process 0 reads the workdir and takes its lock; every process learns whether that worked, so that all
+  # of them stop before anything in the workdir is written.
+  config_json, lock, error = None, run_files.WorkdirLock(workdir), None
+  if is_lead:
+    try:
+      config_json = check_resume(config, workdir, accept_config_change)
+      lock.acquire()
+    except (ValueError, RuntimeError, OSError) as e:
+      error = e
+  if not checkpoint.all_processes(error is None):
+    raise error or RuntimeError(f"Process 0 could not start the run in {workdir}; see its log.")
   try:
-    with checkpoint.PreemptionWatcher(trainer.mesh) as watcher:
-      return _train(trainer, workdir, writer, manager, watcher)
+    writer = MetricWriter(workdir, tensorboard=tensorboard)  # Reads metrics.jsonl: fails before writing.
+    manager = checkpoint.make_manager(workdir, keep)
+    try:
+      with checkpoint.PreemptionWatcher(trainer.mesh) as watcher:
+        return _train(trainer, workdir, writer, manager, watcher, config_json)
+    finally:
+      manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
+      writer.close()
   finally:
-    manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
-    writer.close()
+    lock.release()
 
 
-def _train(trainer: Trainer, workdir: str, writer, manager, watcher) -> dict[str, Any]:
+def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json) -> dict[str, Any]:
   config, t, total = trainer.config, trainer.config.train, trainer.total_steps
   is_lead = jax.process_index() == 0
   logging.info(
@@ -378,11 +397,13 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher) -> dict[str
     functools.partial(init_state, config, trainer.model, trainer.optimizer), parallel.replicated(trainer.mesh)
   )
   train_state, start = checkpoint.restore_latest(manager, target, move_aside_corrupt=True)
+  if is_lead:  # After the restore: a checkpoint of another shape (CheckpointMismatch) leaves config.json be.
+    run_files.write_json(epath.Path(workdir) / run_files.CONFIG, config_json)
   if train_state is None:
     train_state, start = trainer.init(), 0
   else:
     logging.info("Resuming from the checkpoint of step %d in %s.", start, manager.directory)
-  history = _keep_metrics_until(workdir, start) if is_lead else []
+  history = writer.keep_until(start)
   num_params = count_params(train_state.params)
   logging.info("Parameters: %d", num_params)
   batches = parallel.prefetch(data.train_batches(config, start_step=start), trainer.mesh)
@@ -460,7 +481,7 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher) -> dict[str
     "history": history,
   }
   if is_lead:
-    _write_json(os.path.join(workdir, "results.json"), results)
+    run_files.write_json(epath.Path(workdir) / run_files.RESULTS, results)
   return results
 
 
@@ -479,5 +500,5 @@ def evaluate_run(workdir: str) -> dict[str, Any]:
     "params_checksum": checkpoint.params_checksum(run.state.params),
   }
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "eval_results.json"), results)
+    run_files.write_json(epath.Path(workdir) / "eval_results.json", results)
   return results

@@ -17,7 +17,6 @@ examples and heads): a map that spreads evenly over all pixels says little.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -30,11 +29,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from perceiver_jax import checkpoint, data, models, train
+from perceiver_jax import checkpoint, data, models, run_files, train
 
 NUM_LATENTS = 8
 # Panels per cross-attend in the one-figure overview (the per-example figures show NUM_LATENTS).
 _OVERVIEW_LATENTS = 4
+# The overview figure shows at most this many examples: its layout cost grows faster than its panels.
+OVERVIEW_EXAMPLES = 16
+# Attention maps are computed this many examples at a time, so memory does not grow with --examples.
+_CHUNK = 64
+# Beyond this many examples a run is refused: each costs ~2.5 s of PNGs on a CPU core (80: 205 s, 0.5 GB).
+MAX_EXAMPLES = 200
 
 
 class Examples(NamedTuple):
@@ -118,8 +123,13 @@ def attention_maps(config: ml_collections.ConfigDict, params, state, images, exa
     perm = token_permutations(config, keys)
     return logits, [unpermute(w, perm).reshape(*w.shape[:-1], *shape) for w in weights]
 
-  logits, weights = jax.device_get(maps(params, state, images, example_keys))
-  return Attention(np.asarray(logits), [np.asarray(w) for w in weights])
+  parts = [
+    jax.device_get(maps(params, state, images[i : i + _CHUNK], example_keys[i : i + _CHUNK]))
+    for i in range(0, len(images), _CHUNK)
+  ]
+  logits = np.concatenate([np.asarray(p[0]) for p in parts])
+  weights = [np.concatenate([np.asarray(p[1][k]) for p in parts]) for k in range(len(parts[0][1]))]
+  return Attention(logits, weights)
 
 
 def focused_latents(maps: np.ndarray, count: int) -> np.ndarray:
@@ -246,12 +256,14 @@ def draw_position_features(config: ml_collections.ConfigDict, features: np.ndarr
 
 
 def draw_overview(examples: Examples, attention: Attention, latents: list[np.ndarray], path: str) -> str:
-  """One row per example: the image, then a few latents of the first and of the last cross-attend."""
+  """One row per example (the first OVERVIEW_EXAMPLES): the image, then a few latents of the first and of
+  the last cross-attend."""
+  rows = min(len(examples.labels), OVERVIEW_EXAMPLES)
   first, last = 0, len(attention.maps) - 1
   attends = [first] if first == last else [first, last]
   shown = [latents[i][:_OVERVIEW_LATENTS] for i in attends]
   cols = 1 + sum(len(s) for s in shown)
-  fig, axes = _figure(len(examples.labels), cols, panel=1.3)
+  fig, axes = _figure(rows, cols, panel=1.3)
   predictions = attention.logits.argmax(-1)
   for b, row in enumerate(axes):
     _show_image(row[0], examples.images[b])
@@ -289,6 +301,8 @@ def visualize_run(
   """Writes the PNGs and `index.md` of `run` into `out_dir`; returns the index's path."""
   if num_latents <= 0:
     raise ValueError(f"num_latents={num_latents} must be positive.")
+  if not 0 < num_examples <= MAX_EXAMPLES:
+    raise ValueError(f"--examples={num_examples} must be in 1..{MAX_EXAMPLES} (each example is a few PNGs).")
   config, state = run.config, run.state
   os.makedirs(out_dir, exist_ok=True)
   examples = eval_examples(config, num_examples)
@@ -307,8 +321,7 @@ def visualize_run(
   results = os.path.join(workdir, "results.json") if workdir else None
   accuracy = ""
   if results and os.path.exists(results):
-    with open(results) as f:
-      accuracy = f" Eval top-1 {json.load(f)['eval']['top1']:.1%}."
+    accuracy = f" Eval top-1 {run_files.read_json(results)['eval']['top1']:.1%}."
   lines += [
     f"{m.num_latents} latents x {m.latent_channels} channels, {m.num_cross_attends} cross-attend(s) with "
     f"{m.num_cross_heads} head(s); position encoding `{i.position_encoding}`, permutation `{i.permutation}`."

@@ -11,10 +11,9 @@ repeat counted), matmul_ceiling_gflops (square matmuls on the same devices and d
 peak_host_mb, xla_temp_mb and, on an accelerator, peak_device_mb.
 """
 
-from absl import app
 from ml_collections import config_flags
 
-from perceiver_jax import benchmark
+from perceiver_jax import benchmark, cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
 
@@ -25,4 +24,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -15,10 +15,10 @@ import tempfile
 import time
 
 import tensorflow as tf  # noqa: F401  Imported before any timing: the import alone takes seconds.
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from perceiver_jax import data
+from perceiver_jax import cli, data
 from perceiver_jax.data import tfds_input
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet.py:runlocal.")
@@ -83,4 +83,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

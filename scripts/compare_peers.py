@@ -22,7 +22,9 @@ import statistics
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from perceiver_jax import cli
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
@@ -97,4 +99,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -6,9 +6,9 @@ Every directory under a `--runs` root that holds results.json and config.json is
 `perceiver_jax.tables` for which row each run fills. `--nogflops` skips counting FLOPs.
 """
 
-from absl import app, flags
+from absl import flags
 
-from perceiver_jax import tables
+from perceiver_jax import cli, tables
 
 _RUNS = flags.DEFINE_multi_string("runs", None, "Directory holding runs (searched recursively); repeatable.")
 _OUT = flags.DEFINE_string("out", None, "Where tables.md, the CSVs and the curves go.")
@@ -23,4 +23,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

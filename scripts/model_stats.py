@@ -7,10 +7,9 @@ GFLOPs follow the paper: 2 x multiply-adds of the matrix products, every layer c
 
 import json
 
-from absl import app
 from ml_collections import config_flags
 
-from perceiver_jax import flops
+from perceiver_jax import cli, flops
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
 
@@ -33,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

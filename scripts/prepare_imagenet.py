@@ -9,8 +9,9 @@ names. Takes hours for the real tars and about 160 GB of disk in `--data_dir`.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from perceiver_jax import cli
 from perceiver_jax.data import tfds_input
 
 _MANUAL_DIR = flags.DEFINE_string(
@@ -32,4 +33,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,9 +12,9 @@ arguments after `--` (e.g. `-- --notensorboard`) are passed on to every run.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from perceiver_jax import sweep
+from perceiver_jax import cli, sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file[:variants] of every run.", required=True)
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "An axis, key=value1,value2,...; repeat for more axes.")
@@ -44,4 +44,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, parse=_parse_flags)

@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags
 
-from perceiver_jax import visualize
+from perceiver_jax import cli, visualize
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory written by experiments/train.py.", required=True
@@ -37,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

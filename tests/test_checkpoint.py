@@ -220,6 +220,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp
   assert done.returncode == 0, done.stderr[-3000:]
   # An absl warning line: W<date> <time> <thread> checkpoint.py:<line>] Checkpoint of step 12 ...
   assert re.search(r"^W.*\] Checkpoint of step 12 in \S+ is unreadable \(\w+Error: ", done.stderr, re.M)
+  assert "Event loop is closed" not in done.stderr  # One warning, no wall of asyncio tracebacks.
+  assert "Event loop is closed" not in done.stderr
   assert "Resuming from the checkpoint of step 8" in done.stderr
   assert (workdir / "corrupt_checkpoints" / "12").is_dir()
   results = json.loads((workdir / "results.json").read_text())
@@ -237,8 +239,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reference, tm
   done = run(cmd, child_env(cache_dir, TEST_NAN_AT=5))
   assert done.returncode != 0
   assert (
-    "FloatingPointError: Non-finite training loss nan at step 6; the last checkpoint, of step 4, is kept"
-    in done.stderr
+    "error: Non-finite training loss nan at step 6; the last checkpoint, of step 4, is kept" in done.stderr
   ), done.stderr[-3000:]
   assert steps(workdir) == [4] and not (workdir / "results.json").exists()
   good = checkpoint.load_run(str(workdir))

@@ -1,0 +1,226 @@
+"""The run files of a workdir: config.json, metrics.jsonl, results.json, and the workdir's lock.
+
+Every path goes through `etils.epath`, so a workdir may be local or remote (`gs://...`). Each file is
+written whole: to a temporary file renamed over the old one, so a reader sees the old or the new file,
+never a part. metrics.jsonl is rewritten whole at each write as well (object stores cannot append); a
+last line torn anyway (a full disk, a copy cut short) is dropped with a warning when it is read. A file
+that cannot be read raises `RunFileError` naming it.
+
+The lock (`workdir/lock`, JSON {host, pid}) keeps a second run out of a busy workdir. One process takes
+it (process 0 in a multi-process run); a lock left by a dead process on the same host is taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from absl import logging
+from etils import epath
+
+CONFIG, METRICS, RESULTS, LOCK = "config.json", "metrics.jsonl", "results.json", "lock"
+# Recorded in config.json, outside the config itself: the config changes accepted by resumes.
+CONFIG_CHANGES = "config_changes"
+
+# Config fields a resume may change: the run's length, logging, eval and checkpoint intervals, and the
+# speed switches that change neither the function nor the parameters (docs/performance.md).
+RESUMABLE_CHANGES = (
+  "config_arg",
+  "train.num_steps",
+  "train.num_epochs",
+  "train.log_every",
+  "train.eval_every",
+  "train.eval_batch_size",
+  "checkpoint.every",
+  "checkpoint.keep",
+  "model.attention_impl",
+  "model.cross_attention_chunk_size",
+  "model.scan_repeats",
+  "model.remat",
+)
+
+
+class RunFileError(ValueError):
+  """A run file that cannot be read or written; the message names it."""
+
+
+class WorkdirBusy(RuntimeError):
+  """Another live process holds the workdir's lock."""
+
+
+def write_text(path: epath.PathLike, text: str) -> None:
+  """Writes `text` to `path` whole: a temporary file beside it, renamed over it."""
+  path = epath.Path(path)
+  tmp = path.parent / f".{path.name}.tmp.{os.getpid()}"
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def write_json(path: epath.PathLike, value: Any) -> None:
+  write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: epath.PathLike) -> Any:
+  """The JSON value in `path`; RunFileError naming the file when it is missing or not JSON."""
+  path = epath.Path(path)
+  try:
+    text = path.read_text()
+  except (OSError, UnicodeDecodeError) as e:
+    raise RunFileError(f"Cannot read {path} ({type(e).__name__}: {e}).") from e
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise RunFileError(
+      f"{path} is not valid JSON ({e}); restore it from a copy, or move the run elsewhere."
+    ) from e
+
+
+def read_jsonl(path: epath.PathLike) -> list[dict[str, Any]]:
+  """The records of a JSON-lines file ([] if absent); a torn last line is dropped with a warning.
+
+  Raises:
+    RunFileError: a line other than the last is not a JSON object (the file is damaged, not torn).
+  """
+  path = epath.Path(path)
+  if not path.exists():
+    return []
+  try:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+  except (OSError, UnicodeDecodeError) as e:
+    raise RunFileError(f"Cannot read {path} ({type(e).__name__}: {e}).") from e
+  records = []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    except ValueError as e:
+      if number == len(lines):
+        logging.warning("Dropped the torn last line %d of %s (%s): %.80r", number, path, e, line)
+        break
+      raise RunFileError(
+        f"Line {number} of {path} is not a JSON object ({e}); fix or delete that line to resume."
+      ) from e
+    records.append(record)
+  return records
+
+
+def write_jsonl(path: epath.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
+  write_text(path, "".join(json.dumps(dict(r)) + "\n" for r in records))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}; a ConfigDict is flattened through its dict."""
+  if hasattr(tree, "to_dict"):
+    tree = tree.to_dict()
+  if not isinstance(tree, Mapping):
+    return {prefix: list(tree) if isinstance(tree, tuple) else tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+  return flat
+
+
+def config_diff(old: Any, new: Any, ignore: Iterable[str] = (CONFIG_CHANGES,)) -> dict[str, tuple[Any, Any]]:
+  """{dotted field: (old value, new value)} for every leaf that differs between two configs.
+
+  Either config may be a ConfigDict or its JSON dict (tuples and lists compare equal); a field present in
+  one only has the value None in the other. Fields under an `ignore` prefix are left out.
+  """
+  a, b = flatten(json.loads(json.dumps(flatten(old), default=str))), flatten(new)
+  b = json.loads(json.dumps(b, default=str))
+  ignore = tuple(ignore)
+  return {
+    key: (a.get(key), b.get(key))
+    for key in sorted(a.keys() | b.keys())
+    if a.get(key) != b.get(key) and not any(key == p or key.startswith(p + ".") for p in ignore)
+  }
+
+
+def experiment_changes(changes: Mapping[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+  """The part of a `config_diff` that changes the experiment (not in RESUMABLE_CHANGES)."""
+  return {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Alive, under another user.
+    return True
+  return True
+
+
+class WorkdirLock:
+  """`workdir/lock` held while a run trains there; a context manager.
+
+  Acquiring raises WorkdirBusy naming the holder (host, pid) when it lives or runs on another host (whose
+  processes this one cannot see); a lock of a dead process of this host is taken over with a warning.
+  """
+
+  def __init__(self, workdir: epath.PathLike):
+    self.path = epath.Path(workdir) / LOCK
+    self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    self._held = False
+
+  def _create(self) -> bool:
+    text = json.dumps(self.owner)
+    if "://" in os.fspath(self.path):  # Object stores have no exclusive create: check, then write.
+      if self.path.exists():
+        return False
+      self.path.write_text(text)
+      return True
+    try:
+      fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return True
+
+  def acquire(self) -> None:
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+      if self._create():
+        self._held = True
+        return
+      try:
+        holder = json.loads(self.path.read_text())
+        host, pid = str(holder["host"]), int(holder["pid"])
+      except FileNotFoundError:
+        continue  # Released meanwhile.
+      except (ValueError, KeyError, TypeError, OSError):
+        holder, host, pid = None, None, None
+      if holder is not None and (host != self.owner["host"] or _alive(pid)):
+        raise WorkdirBusy(
+          f"The workdir {self.path.parent} is in use by the run of pid {pid} on host {host} (its lock "
+          f"{self.path}); wait for it to end, or train into another workdir. If that process is gone "
+          "(another host's run that crashed), delete the lock file."
+        )
+      logging.warning(
+        "Taking over the lock %s of a process that is gone (%s).",
+        self.path,
+        f"pid {pid} on {host}" if holder is not None else "unreadable lock",
+      )
+      self.path.unlink(missing_ok=True)
+    raise WorkdirBusy(f"Could not take the lock {self.path}; another run keeps taking it.")
+
+  def release(self) -> None:
+    if self._held:
+      self._held = False
+      try:
+        if json.loads(self.path.read_text()) == self.owner:
+          self.path.unlink()
+      except (OSError, ValueError):
+        pass
+
+  def __enter__(self) -> WorkdirLock:
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.release()

@@ -1,0 +1,277 @@
+"""Never lose a run: damaged checkpoints and run files, refused resumes, the workdir lock, one-line errors.
+
+One reference run (a tiny Perceiver on digits, 12 steps, a checkpoint every 4) trains in this process;
+each test damages a copy of its workdir and checks the outcome: the final `params_checksum`, which files
+were left untouched, the message. Two subprocesses check the exit status and the one-line error of
+experiments/train.py.
+"""
+
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+from conftest import ROOT, load_config
+from test_checkpoint import child_env
+
+from perceiver_jax import checkpoint, config_args, parallel, run_files, sweep, tables, train, visualize
+
+TINY = (
+  "runlocal,num_latents=8,latent_channels=16,num_cross_attends=1,num_latent_transformers=1,"
+  "num_self_attends_per_block=1,num_self_heads=2,num_steps=12,checkpoint.every=4,keep=3,log_every=4,"
+  "eval_every=12"
+)
+
+
+def tiny(**overrides):
+  config = load_config("digits", TINY)
+  for key, value in overrides.items():
+    config_args.set_path(config, key, value)
+  return config
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  root = tmp_path_factory.mktemp("reliability")
+  # The resumes compile the same steps again: a persistent cache turns that into a lookup.
+  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  saved = {k: getattr(jax.config, k) for k in keys}
+  jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  try:
+    results = train.train_and_evaluate(tiny(), str(root / "ref"), tensorboard=False)
+    yield root / "ref", results
+  finally:
+    for key, value in saved.items():
+      jax.config.update(key, value)
+
+
+def copy_run(reference, tmp_path, finished=False):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  if not finished:
+    (workdir / "results.json").unlink()
+  return workdir
+
+
+def snapshot(workdir):
+  """{relative path: bytes} of every file under `workdir`."""
+  return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+def steps(workdir):
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_missing_item_directory_and_torn_metrics_line_resume_bit_identical(reference, tmp_path, caplog):
+  workdir = copy_run(reference, tmp_path)
+  shutil.rmtree(workdir / "checkpoints" / "12" / "default")
+  metrics = workdir / "metrics.jsonl"
+  whole = metrics.read_text()
+  metrics.write_text(whole + '{"step": 16, "train_lo')  # A write cut short.
+  older = {s: snapshot(workdir / "checkpoints" / str(s)) for s in (4, 8)}
+  with caplog.at_level(logging.WARNING):
+    results = train.train_and_evaluate(tiny(), str(workdir), tensorboard=False)
+  assert results["params_checksum"] == reference[1]["params_checksum"]
+  assert results["history"] == reference[1]["history"]
+  # Only step 12 was set aside; 4 and 8 are as they were, and 12 was written again.
+  assert sorted(os.listdir(workdir / "corrupt_checkpoints")) == ["12"]
+  assert steps(workdir) == [4, 8, 12]
+  assert all(snapshot(workdir / "checkpoints" / str(s)) == older[s] for s in (4, 8))
+  logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+  expected = [json.loads(line) for line in whole.splitlines()]
+  assert [r["step"] for r in logged] == [r["step"] for r in expected] == [4, 8, 12, 12]
+  for got, want in zip(logged, expected, strict=True):
+    assert {k: v for k, v in got.items() if k != "images_per_s"} == {
+      k: v for k, v in want.items() if k != "images_per_s"
+    }
+  unreadable = [r for r in caplog.records if "is unreadable" in r.getMessage()]
+  assert len(unreadable) == 1 and "12/default is missing" in unreadable[0].getMessage()
+  assert any("torn last line 5 of" in r.getMessage() for r in caplog.records)
+  assert not any("Event loop is closed" in r.getMessage() for r in caplog.records)
+  run = checkpoint.load_run(str(workdir))
+  assert run.step == 12 and checkpoint.params_checksum(run.state.params) == results["params_checksum"]
+
+
+@pytest.mark.parametrize("damage", ["emptied", "truncated"])
+def test_damaged_newest_checkpoint_leaves_the_manager_able_to_restore_and_save(reference, tmp_path, damage):
+  workdir = copy_run(reference, tmp_path)
+  newest = workdir / "checkpoints" / "12"
+  if damage == "emptied":
+    shutil.rmtree(newest)
+    newest.mkdir()
+  else:
+    for path in newest.rglob("*"):
+      if path.is_file() and path.parent.name == "d":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  config = tiny()
+  trainer = train.Trainer(config, total_steps=12)
+  target = checkpoint.abstract_state(
+    functools.partial(train.init_state, config, trainer.model, trainer.optimizer),
+    parallel.replicated(trainer.mesh),
+  )
+  manager = checkpoint.make_manager(str(workdir), keep=3)
+  try:
+    state, step = checkpoint.restore_latest(manager, target, move_aside_corrupt=True)
+    assert step == 8
+    ref8 = checkpoint.load_run(str(reference[0]), step=8)
+    assert checkpoint.params_checksum(state.params) == checkpoint.params_checksum(ref8.state.params)
+    checkpoint.save(manager, 12, state)  # Failed with "Must provide `args` of type `Composite`".
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+  assert steps(workdir) == [4, 8, 12] and os.listdir(workdir / "corrupt_checkpoints") == ["12"]
+
+
+def test_resume_with_another_model_is_refused_and_touches_nothing(reference, tmp_path):
+  workdir = copy_run(reference, tmp_path, finished=True)
+  before = snapshot(workdir)
+  with pytest.raises(
+    train.ConfigChangeRefused, match=r"model\.latent_channels 16 -> 32.*--accept_config_change"
+  ):
+    train.train_and_evaluate(tiny(**{"model.latent_channels": 32}), str(workdir), tensorboard=False)
+  assert snapshot(workdir) == before
+  # Accepted, the checkpoints of the other shape are still not taken for corruption.
+  with pytest.raises(checkpoint.CheckpointMismatch, match="latent"):
+    train.train_and_evaluate(
+      tiny(**{"model.latent_channels": 32}), str(workdir), tensorboard=False, accept_config_change=True
+    )
+  assert snapshot(workdir) == before
+
+
+def test_experiment_changes_are_refused_allowed_ones_recorded(reference):
+  workdir = str(reference[0])
+  with pytest.raises(train.ConfigChangeRefused, match=r"input\.permutation 'none' -> 'fixed'"):
+    train.check_resume(tiny(**{"input.permutation": "fixed"}), workdir)
+  for key, value in (("seed", 1), ("optimizer.learning_rate", 0.1), ("dataset.test_fraction", 0.3)):
+    with pytest.raises(train.ConfigChangeRefused, match=key.replace(".", r"\.")):
+      train.check_resume(tiny(**{key: value}), workdir)
+  accepted = train.check_resume(tiny(**{"input.permutation": "fixed"}), workdir, accept_config_change=True)
+  assert accepted["input"]["permutation"] == "fixed"
+  assert accepted[run_files.CONFIG_CHANGES] == [
+    {"changes": {"input.permutation": ["none", "fixed"]}, "accepted": ["input.permutation"]}
+  ]
+  longer = train.check_resume(tiny(**{"train.num_steps": 40, "checkpoint.every": 10}), workdir)
+  assert longer[run_files.CONFIG_CHANGES][0]["accepted"] == []
+  assert set(longer[run_files.CONFIG_CHANGES][0]["changes"]) == {"train.num_steps", "checkpoint.every"}
+  assert run_files.config_diff(json.loads((reference[0] / "config.json").read_text()), tiny()) == {}
+
+
+def test_a_busy_workdir_is_refused_and_a_dead_holder_taken_over(reference, tmp_path, caplog):
+  workdir = copy_run(reference, tmp_path)
+  before = snapshot(workdir)
+  lock = workdir / "lock"
+  lock.write_text(json.dumps({"host": run_files.WorkdirLock(workdir).owner["host"], "pid": os.getppid()}))
+  with pytest.raises(run_files.WorkdirBusy, match=f"pid {os.getppid()} on host "):
+    train.train_and_evaluate(tiny(), str(workdir), tensorboard=False)
+  assert snapshot(workdir) == {**before, "lock": lock.read_bytes()}
+  gone = subprocess.run(
+    [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+  )
+  dead = int(gone.stdout)
+  lock.write_text(json.dumps({"host": run_files.WorkdirLock(workdir).owner["host"], "pid": dead}))
+  with caplog.at_level(logging.WARNING), run_files.WorkdirLock(workdir) as held:
+    assert json.loads(lock.read_text()) == held.owner == {"host": held.owner["host"], "pid": os.getpid()}
+  assert any(f"pid {dead}" in r.getMessage() and "gone" in r.getMessage() for r in caplog.records)
+  assert not lock.exists()
+  lock.write_text(json.dumps({"host": "another-host", "pid": dead}))
+  with pytest.raises(run_files.WorkdirBusy, match="on host another-host"):
+    run_files.WorkdirLock(workdir).acquire()
+
+
+def test_unreadable_run_files_are_named(reference, tmp_path, caplog):
+  workdir = copy_run(reference, tmp_path, finished=True)
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  (workdir / "metrics.jsonl").write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+  with pytest.raises(run_files.RunFileError, match=r"Line 2 of \S+metrics.jsonl"):
+    train.train_and_evaluate(tiny(), str(workdir), tensorboard=False)
+  (workdir / "config.json").write_text("{not json")
+  with pytest.raises(run_files.RunFileError, match=r"\S+config.json is not valid JSON"):
+    train.evaluate_run(str(workdir))
+  with pytest.raises(run_files.RunFileError, match=r"\S+config.json is not valid JSON"):
+    train.train_and_evaluate(tiny(), str(workdir), tensorboard=False)
+  # A torn last line is dropped, with a warning naming the file.
+  (workdir / "m.jsonl").write_text(lines[0] + "\n" + lines[1][:10])
+  with caplog.at_level(logging.WARNING):
+    assert run_files.read_jsonl(workdir / "m.jsonl") == [json.loads(lines[0])]
+  assert any("m.jsonl" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_values_name_the_field(reference, tmp_path):
+  for key, value, match in (
+    ("train.num_steps", 0, "train.num_steps=0 must be a positive integer"),
+    ("train.log_every", -1, "train.log_every=-1 must be a positive integer"),
+    ("train.global_batch_size", 12, "train.global_batch_size=12 must be a multiple of the 8 devices"),
+  ):
+    with pytest.raises(ValueError, match=match):
+      train.train_and_evaluate(tiny(**{key: value}), str(tmp_path / "new"), tensorboard=False)
+  with pytest.raises(ValueError, match="checkpoint.every=0 must be a positive integer"):
+    train.train_and_evaluate(tiny(**{"checkpoint.every": 0}), str(tmp_path / "new"), tensorboard=False)
+  assert not (tmp_path / "new").exists()
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(NotADirectoryError, match="is a file"):
+    train.train_and_evaluate(tiny(), str(tmp_path / "file"), tensorboard=False)
+  with pytest.raises(
+    ValueError, match="'model.latent_chanels' names no config field; nearest: model.latent_ch"
+  ):
+    config_args.set_path(tiny(), "model.latent_chanels", 3)
+
+
+def test_tools_check_their_input(reference, tmp_path, caplog, monkeypatch):
+  with pytest.raises(FileNotFoundError, match="--runs=/nonexistent is not a directory"):
+    tables.find_runs(["/nonexistent"])
+  good = tmp_path / "runs" / "good"
+  bad = tmp_path / "runs" / "bad"
+  shutil.copytree(reference[0], good)
+  shutil.copytree(reference[0], bad)
+  (bad / "results.json").write_text('{"eval": {}}')
+  with caplog.at_level(logging.WARNING):
+    found = tables.find_runs([str(tmp_path / "runs")])
+  assert [os.path.basename(r.path) for r in found] == ["good"]
+  assert any(str(bad) in r.getMessage() and "Skipping" in r.getMessage() for r in caplog.records)
+
+  monkeypatch.chdir(ROOT)
+  root = tmp_path / "sweep"
+  with pytest.raises(ValueError, match="Run num_cross_attends=3: num_cross_attends=3 must divide"):
+    sweep.main("configs/digits.py:runlocal", ["num_cross_attends=1,3"], str(root), "local", "no_such.py")
+  with pytest.raises(ValueError, match="'model.foo' names no config field"):
+    sweep.main("configs/digits.py:runlocal", ["seed=0"], str(root), "local", "x.py", ["--config.model.foo=1"])
+  assert not root.exists()  # Nothing was launched.
+
+  with pytest.raises(ValueError, match=f"--examples=1001 must be in 1..{visualize.MAX_EXAMPLES}"):
+    visualize.visualize_run(None, str(tmp_path / "vis"), num_examples=1001)
+
+
+def cli(*args, cwd=ROOT):
+  return subprocess.run(
+    [sys.executable, "experiments/train.py", "--notensorboard", *args],
+    cwd=cwd,
+    env=child_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def test_train_script_errors_are_one_line(reference, tmp_path):
+  workdir = copy_run(reference, tmp_path, finished=True)
+  before = snapshot(workdir)
+  done = cli(
+    f"--config=configs/digits.py:{TINY}", "--config.model.latent_channels=32", f"--workdir={workdir}"
+  )
+  assert done.returncode == 1 and "Traceback" not in done.stderr
+  [line] = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
+  assert "model.latent_channels 16 -> 32" in line and "--accept_config_change" in line
+  assert snapshot(workdir) == before
+  typo = cli("--config=configs/digits.py:runlocal", "--config.model.latent_chanels=3", f"--workdir={workdir}")
+  assert typo.returncode == 2 and "Traceback" not in typo.stderr
+  assert "error: --config.model.latent_chanels names no config field; nearest: model.latent_channels" in (
+    typo.stderr
+  )
+  verbose = cli("--config=configs/digits.py:runlocal", "--config.model.latent_chanels=3", "--verbose")
+  assert verbose.returncode != 0 and "Traceback" in verbose.stderr
