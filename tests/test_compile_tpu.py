@@ -110,7 +110,7 @@ def test_sixteen_chips_on_four_hosts(config_loader, capsys):
 
 def test_a_misfit_says_what_it_needs_and_the_largest_batch_that_fits(config_loader, capsys):
   # runlocal at 224 px (50,176 tokens): small to compile, large in memory.
-  config = _local_config(config_loader, "dataset.image_size=224,input.max_resolution=224")
+  config = _local_config(config_loader, "dataset.image_size=224,input.max_resolution=224,remat=False")
   result = compile_tpu.main(config, "v5e:2x2", 2048, max_batch=True)
   out, err = capsys.readouterr()
   assert json.loads(out.strip().splitlines()[-1])["fits"] is False

@@ -1,4 +1,4 @@
-"""Every path of the blocks (CPU kernels, the plain TPU/GPU path, folding, chunking) equals the plain reference."""
+"""Every path of the blocks (CPU kernels, plain TPU/GPU path, folded, chunked) equals the plain reference."""
 
 import haiku as hk
 import jax
