@@ -120,6 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_latent_transformers=2,
       num_self_attends_per_block=1,
       num_self_heads=2,
+      remat=False,  # A tiny model needs no memory saved; remat would only add CPU compile time.
     )
     c.input.num_bands = 4
     c.dataset.image_size = 32

@@ -25,7 +25,7 @@ def _local_config(config_loader, arg=""):
 def bf16_v5e(request):
   from tests.conftest import load_config
 
-  config = load_config("imagenet", "runlocal,precision=bfloat16")
+  config = load_config("imagenet", "runlocal,precision=bfloat16,remat=True")
   return config, compile_tpu.compile_for_topology(config, "v5e:2x2", 2, keep_compiled=True)
 
 
@@ -60,7 +60,7 @@ def _check_fields(result, config, topology, chips, hosts):
 def test_v5e_2x2_fields_memory_and_flops(bf16_v5e):
   config, result = bf16_v5e
   _check_fields(result, config, "v5e:2x2", chips=4, hosts=1)
-  assert result["precision"] == "bfloat16"
+  assert result["precision"] == "bfloat16" and result["remat"] is True
   # Every repeat counted: the scanned step's count equals that of the same step unrolled, traced for the
   # same per-device batch on 4 CPU devices with the TPU's kernels.
   unrolled = compile_tpu.step_config(config, result["global_batch"])
