@@ -240,8 +240,8 @@ def compile_for_topology(
     )
     result["fits"] = result["fits"] and eval_compiled is not None
   if count_flops:
-    # Traced, not compiled: the matrix products of the per-device program, scans counted per iteration and
-    # rematerialised blocks twice (XLA's cost analysis of the compiled program counts a loop body once).
+    # Traced, not compiled: the matrix products of the per-device program, a scan's body once per
+    # iteration (XLA's cost analysis of the compiled program counts a loop body once).
     per_device = flops.jaxpr_matmul_flops(trainer.train_step, state, batch)
     result["step_tflops"] = per_device * len(devices) / 1e12
     result["model_gflops_per_image"] = 3 * benchmark.model_forward_flops(trainer.config) / 1e9
