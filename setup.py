@@ -29,5 +29,9 @@ setuptools.setup(
         "matplotlib>=3.9",
         "pillow>=10",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"]},
+    extras_require={
+        # libtpu: the TPU compiler, which scripts/compile_tpu.py uses to compile for a TPU topology with no TPU.
+        "tpu": ["libtpu>=0.0.52"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "libtpu>=0.0.52"],
+    },
 )

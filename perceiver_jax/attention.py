@@ -12,18 +12,27 @@ them themselves):
 - q/k/v (self-attention) and k/v (cross-attention) are one matmul each.
 - The key bias is not applied: it adds q . b_k to every logit of a row, which softmax ignores (its
   gradient is exactly zero either way).
-- Attention is laid out for the CPU's matmul library, with the softmax fused into the logits' matmul
-  (`_attend`); one key/value head shared by all query heads needs no head axis at all.
+- One key/value head shared by all query heads needs no head axis at all.
 - Single-head cross-attention can fold the key and value projections into the queries: with
   k = x W_k and v = x W_v, q k^T = (q W_k^T) x^T and p v = (p x) W_v, so the [M, C] x [C, Q] projections
   of all M inputs become [N, Q] x [Q, C] products on the N latents (`fold_projections`).
-- Dense layers have their own backward (`_matmul`): the weight gradient x^T dy transposes the narrower
-  of its two operands, not whichever XLA picks.
+
+Per backend (`kernels_for(platform)`, which `models.make_model` applies for the platform it is traced for):
+on a CPU, attention is laid out for XLA:CPU's matmul library with its own backward (`_attend`), and dense
+layers have their own backward (`_matmul`: the weight gradient x^T dy transposes the narrower operand,
+held by `lax.optimization_barrier`), both measured faster there (docs/performance.md). On TPU and GPU the
+plain path (`_plain_attend`, `jnp.einsum` with XLA's own derivative) lets XLA choose layouts and fusions.
+
+`ReferenceCrossAttentionBlock` and `ReferenceSelfAttentionBlock` are the blocks written plainly
+(`hk.Linear`, `hk.LayerNorm`, a few lines of attention) with the same parameters: the tests hold every
+path above equal to them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import haiku as hk
 import jax
@@ -32,6 +41,24 @@ from jax import lax
 
 ATTENTION_IMPLS = ("xla", "jax", "cudnn")
 LAYER_NORM_EPS = 1e-5  # hk.LayerNorm's default.
+# The platforms whose hand-written kernels (`_attend`'s layouts and backward, `_matmul`) are measured to help.
+_KERNEL_PLATFORMS = ("cpu",)
+_platform: list[str] = []  # Innermost `kernels_for` platform; none set: jax.default_backend().
+
+
+@contextlib.contextmanager
+def kernels_for(platform: str) -> Iterator[None]:
+  """Traces the blocks inside with the kernels of `platform` ('cpu', 'tpu', 'gpu'; see the module doc)."""
+  _platform.append(platform)
+  try:
+    yield
+  finally:
+    _platform.pop()
+
+
+def cpu_kernels() -> bool:
+  """Whether the blocks being traced use the CPU's hand-written kernels."""
+  return (_platform[-1] if _platform else jax.default_backend()) in _KERNEL_PLATFORMS
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -83,7 +110,7 @@ def dot_product_attention(
   elif chunk_size is not None and chunk_size < k.shape[1]:
     out = from_heads(_chunked_attention(qs, ks, vs, key_mask, chunk_size))
   else:
-    out, weights = _attend(qs, ks, vs, key_mask)
+    out, weights = (_attend if cpu_kernels() else _plain_attend)(qs, ks, vs, key_mask)
     out = from_heads(out)
   if not return_weights:
     return out
@@ -116,15 +143,32 @@ def _masked(s, key_mask, keys_axis: int):
   return jnp.where(key_mask, s, jnp.finfo(s.dtype).min)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _cotangent_in(x, dtype):
+  """x as it is; its cotangent cast to `dtype`, so the products that differentiate a bf16 x bf16 -> f32
+  matmul take bf16 operands (not the f32 cotangent against a bf16 operand, an f32 matmul on a TPU)."""
+  return x
+
+
+_cotangent_in.defvjp(lambda x, dtype: (x, None), lambda dtype, _, ct: (ct.astype(dtype),))
+
+
 def _logits(q, k, key_mask):
   """Masked logits q k^T [..., N, M] in float32, queries-major."""
   s = jnp.einsum("...nq,...mq->...nm", q, k, preferred_element_type=jnp.float32)
-  return _masked(s, key_mask, -1)
+  return _masked(_cotangent_in(s, q.dtype), key_mask, -1)
 
 
 def _softmax_weights(q, k, key_mask):
   """softmax(q k^T) [..., N, M] in float32."""
   return jax.nn.softmax(_logits(q, k, key_mask), axis=-1)
+
+
+def _plain_attend(q, k, v, key_mask):
+  """softmax(q k^T) v as written ([..., N, V], weights [..., N, M]) for JAX to differentiate; f32 softmax."""
+  p = _softmax_weights(q, k, key_mask)
+  out = jnp.einsum("...nm,...mv->...nv", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return _cotangent_in(out, v.dtype).astype(v.dtype), p
 
 
 def _attend(q, k, v, key_mask):
@@ -310,7 +354,7 @@ def fold_norm(norm, w, b):
 
 
 def _dense(x, w, b):
-  return _matmul(x, w) + b
+  return (_matmul(x, w) if cpu_kernels() else jnp.einsum("...c,co->...o", x, w)) + b
 
 
 @jax.custom_vjp
@@ -602,3 +646,68 @@ class SelfAttentionBlock(hk.Module):
     mlp_norm = _NormParams(name="mlp_norm")(d)
     mlp = MLP(self.widening_factor, self.dropout_rate, name="mlp")
     return x + mlp(normalize(x), is_training=is_training, norm=mlp_norm)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The blocks written plainly, with the same parameters: what every path above is tested against.
+
+
+class _ReferenceAttention(hk.Module):
+  def __init__(self, num_heads: int, qk_channels: int, v_channels: int, output_channels: int, name: str):
+    super().__init__(name=name)
+    self.h, self.qk, self.v, self.out = num_heads, qk_channels, v_channels, output_channels
+
+  def __call__(self, x, y, mask=None):
+    """x [B, N, D] attends to y [B, M, C] (mask bool [B, M]) -> [B, N, output_channels]."""
+    q = _split_heads(hk.Linear(self.qk, name="query")(x), self.h)  # [B, N, H, Q]
+    k = _split_heads(hk.Linear(self.qk, name="key")(y), self.h)  # [B, M, H, Q]
+    v = _split_heads(hk.Linear(self.v, name="value")(y), self.h)  # [B, M, H, V]
+    logits = jnp.einsum("bnhq,bmhq->bhnm", q, k) * (self.qk // self.h) ** -0.5
+    if mask is not None:
+      logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    out = jnp.einsum("bhnm,bmhv->bnhv", jax.nn.softmax(logits, axis=-1), v)
+    return hk.Linear(self.out, name="output")(out.reshape(*out.shape[:2], self.v))
+
+
+class _ReferenceMLP(hk.Module):
+  def __call__(self, x, widening_factor: int):
+    hidden = jax.nn.gelu(hk.Linear(x.shape[-1] * widening_factor, name="hidden")(x))
+    return hk.Linear(x.shape[-1], name="output")(hidden)
+
+
+def _reference_mlp(x, widening_factor: int):
+  return _ReferenceMLP(name="mlp")(x, widening_factor)
+
+
+def _reference_norm(x, name: str):
+  return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)(x)
+
+
+class ReferenceCrossAttentionBlock(hk.Module):
+  """`CrossAttentionBlock` (no dropout) in plain Haiku, with its parameter names."""
+
+  def __init__(self, num_heads=1, qk_channels=None, v_channels=None, widening_factor=1, name=None):
+    super().__init__(name=name)
+    self.num_heads, self.qk_channels, self.v_channels = num_heads, qk_channels, v_channels
+    self.widening_factor = widening_factor
+
+  def __call__(self, latents, inputs, *, input_mask=None):
+    qk = self.qk_channels or inputs.shape[-1]
+    attention = _ReferenceAttention(self.num_heads, qk, self.v_channels or qk, latents.shape[-1], "attention")
+    x = _reference_norm(latents, "query_norm")
+    latents = latents + attention(x, _reference_norm(inputs, "input_norm"), input_mask)
+    return latents + _reference_mlp(_reference_norm(latents, "mlp_norm"), self.widening_factor)
+
+
+class ReferenceSelfAttentionBlock(hk.Module):
+  """`SelfAttentionBlock` (no dropout) in plain Haiku, with its parameter names."""
+
+  def __init__(self, num_heads=8, widening_factor=1, name=None):
+    super().__init__(name=name)
+    self.num_heads, self.widening_factor = num_heads, widening_factor
+
+  def __call__(self, x, *, mask=None):
+    d = x.shape[-1]
+    y = _reference_norm(x, "norm")
+    x = x + _ReferenceAttention(self.num_heads, d, d, d, "attention")(y, y, mask)
+    return x + _reference_mlp(_reference_norm(x, "mlp_norm"), self.widening_factor)

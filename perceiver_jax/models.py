@@ -3,7 +3,9 @@
 `make_model(config)` returns an `hk.TransformedWithState` of
 `forward(images [B, H, W, C], *, is_training, example_keys=None) -> logits [B, num_classes]`;
 with `return_attention=True` (Perceiver only) it returns (logits, per-cross-attend weights [B, h, N, M]).
-The model computes in `config.precision` (precision.py); parameters and logits are float32.
+The model computes in `config.precision` (precision.py); parameters and logits are float32. It is traced
+with the kernels of `platform` (attention.kernels_for): the hand-written CPU ones on a CPU, the plain path
+on TPU and GPU; None: the default backend's.
 The constructor of the model class receives `config.model` as keyword arguments; grid models (those with
 `takes_grid_shape = True`) also receive the front end's `grid_shape`.
 """
@@ -11,9 +13,10 @@ The constructor of the model class receives `config.model` as keyword arguments;
 from __future__ import annotations
 
 import haiku as hk
+import jax
 import ml_collections
 
-from perceiver_jax import precision
+from perceiver_jax import attention, precision
 from perceiver_jax.perceiver import Perceiver
 from perceiver_jax.preprocess import ImageFrontEnd
 
@@ -49,8 +52,14 @@ def model_module(config: ml_collections.ConfigDict, grid_shape) -> hk.Module:
   return cls(**kwargs, name=config.model_name)
 
 
-def make_model(config: ml_collections.ConfigDict) -> hk.TransformedWithState:
+def make_model(config: ml_collections.ConfigDict, platform: str | None = None) -> hk.TransformedWithState:
   def forward(images, *, is_training: bool, example_keys=None, return_attention: bool = False):
+    with attention.kernels_for(platform or jax.default_backend()):
+      return _forward(
+        images, is_training=is_training, example_keys=example_keys, return_attention=return_attention
+      )
+
+  def _forward(images, *, is_training: bool, example_keys=None, return_attention: bool = False):
     frontend = front_end(config)
     tokens = frontend(images, example_keys=example_keys)  # [B, M, C + P]
     model = model_module(config, frontend.grid_shape)

@@ -167,7 +167,14 @@ def eval_step(
 class Trainer:
   """The compiled steps of one config on one mesh; what the loop, evaluation and tools share."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None, total_steps: int | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    mesh=None,
+    total_steps: int | None = None,
+    platform: str | None = None,
+  ):
+    """`platform`: whose kernels the model is traced with (models.make_model); None: the mesh's devices'."""
     validate_config(config)
     self.config = config
     self.mesh = mesh or parallel.make_mesh()
@@ -176,7 +183,7 @@ class Trainer:
         raise ValueError(
           f"train.{name}={config.train[name]} must be a multiple of the {self.mesh.size} devices."
         )
-    self.model = models.make_model(config)
+    self.model = models.make_model(config, platform or self.mesh.devices.flat[0].platform)
     self.steps_per_epoch, self.total_steps = (
       schedule_length(config) if total_steps is None else (1, total_steps)
     )

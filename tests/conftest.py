@@ -6,6 +6,9 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# libtpu (the test extra; tests/test_compile_tpu.py) takes a machine-wide lock when JAX starts it; test
+# workers side by side compile for TPU topologies with no TPU and need no exclusive access.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402

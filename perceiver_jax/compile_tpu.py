@@ -1,0 +1,323 @@
+"""The real train and eval steps compiled for a TPU topology on a machine with no TPU (`libtpu` from PyPI).
+
+`compile_for_topology(config, "v5e:8x8", per_chip_batch=16)` builds the `train.Trainer` of `config` on a
+mesh of the topology's devices (through `jax.experimental.topologies`), lowers its steps with abstract
+replicated state and a batch sharded over the mesh, compiles them with the TPU compiler and returns one
+flat dict: per-chip memory (from XLA's memory analysis of the compiled program), whether it fits the
+chip's HBM, compile times, and the step's matrix-product FLOPs with every repeat counted (from the traced
+step, `flops.jaxpr_matmul_flops`: XLA's cost analysis counts a loop body once, and a TPU lowering has no
+cost analysis without a TPU).
+
+A program that does not fit is not an error here: the TPU compiler's out-of-memory report is read for the
+memory it needed, and the result says `fits: False` with one line of advice (`advice`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from perceiver_jax import benchmark, flops, parallel, train
+
+GB = 1e9
+# HBM per chip in GB (10^9 bytes) by `device_kind`, from the chips' published figures.
+HBM_GB_PER_CHIP = {
+  "TPU v2": 16 * 2**30 / GB,
+  "TPU v3": 32 * 2**30 / GB,
+  "TPU v4": 32 * 2**30 / GB,
+  "TPU v4 lite": 8 * 2**30 / GB,
+  "TPU v5 lite": 16 * 2**30 / GB,
+  "TPU v5": 95 * 2**30 / GB,
+  "TPU v5p": 95 * 2**30 / GB,
+  "TPU v6 lite": 32 * 2**30 / GB,
+}
+# The TPU compiler's out-of-memory report (libtpu 0.0.52): "... the total memory required for HLO temporaries
+# (31.18G) exceeds available HBM (15.75G)"; older ones: "Used 35.70G of 15.75G hbm".
+_OOM = (
+  re.compile(
+    r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available HBM \(([0-9.]+)([KMGT]?)\)"
+  ),
+  re.compile(r"Used\s+([0-9.]+)([KMGT]?)\s+of\s+([0-9.]+)([KMGT]?)\s+hbm", re.IGNORECASE),
+)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+class TopologyError(ValueError):
+  """A topology name libtpu does not know, or a batch that does not split over its devices."""
+
+
+def _allow_other_libtpu_processes() -> None:
+  # libtpu takes a machine-wide lock file when it starts; a compile-only client needs no exclusive access
+  # to a TPU (there is none), and tests or tools may run side by side.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+
+def topology_devices(name: str) -> list:
+  """The devices of TPU topology `name` ('v5e:2x2', 'v4:4x4x4', 'v5p:8x8x8', ...), no TPU needed."""
+  _allow_other_libtpu_processes()
+  from jax.experimental import topologies
+
+  try:
+    return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+  except Exception as e:  # libtpu missing, or a name it does not know.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise TopologyError(
+      f"Cannot build TPU topology {name!r} ({first[:200]}); give e.g. 'v5e:2x2', 'v4:2x2x1' or "
+      "'v5p:4x4x4', with libtpu installed (pip install -e '.[tpu]')."
+    ) from None
+
+
+def num_chips(name: str) -> int:
+  """Chips of a topology name: the product of its 'AxBxC' dimensions."""
+  dims = name.split(":")[-1]
+  try:
+    return math.prod(int(d) for d in dims.split("x"))
+  except ValueError:
+    raise TopologyError(f"Topology {name!r} has no chip grid 'AxB' or 'AxBxC' after the ':'.") from None
+
+
+def step_config(config: ml_collections.ConfigDict, global_batch: int) -> ml_collections.ConfigDict:
+  """`config` with train and eval batch `global_batch` (a copy)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.global_batch_size = global_batch
+  config.train.eval_batch_size = global_batch
+  return config
+
+
+def abstract_inputs(trainer: train.Trainer, global_batch: int):
+  """(state, train batch, eval batch, batch index) as `jax.ShapeDtypeStruct`s laid out on the mesh."""
+  config, mesh = trainer.config, trainer.mesh
+  rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  shapes = jax.eval_shape(functools.partial(train.init_state, config, trainer.model, trainer.optimizer))
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
+  size, channels = config.dataset.image_size, config.dataset.num_channels
+  soft = config.get("augment") and (config.augment.get("mixup_alpha") or config.augment.get("cutmix_alpha"))
+  label = (
+    jax.ShapeDtypeStruct((global_batch, config.dataset.num_classes), jnp.float32, sharding=shard)
+    if soft
+    else jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=shard)
+  )
+  image = jax.ShapeDtypeStruct((global_batch, size, size, channels), jnp.float32, sharding=shard)
+  eval_batch = {
+    "image": image,
+    "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=shard),
+    "mask": jax.ShapeDtypeStruct((global_batch,), jnp.bool_, sharding=shard),
+  }
+  index = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+  return state, {"image": image, "label": label}, eval_batch, index
+
+
+def _oom_gb(message: str) -> tuple[float, float] | None:
+  """(needed, capacity) in GB from the TPU compiler's out-of-memory report, or None."""
+  match = next((m for m in (p.search(message) for p in _OOM) if m), None)
+  if match is None:
+    return None
+  used, used_unit, cap, cap_unit = match.groups()
+  return float(used) * _UNITS[used_unit.upper()] / GB, float(cap) * _UNITS[cap_unit.upper()] / GB
+
+
+def _compile(lowered) -> tuple[Any, float, str | None]:
+  """(compiled or None, seconds, out-of-memory message or None)."""
+  start = time.perf_counter()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # XlaRuntimeError; only an out-of-memory report is an expected outcome.
+    if _oom_gb(str(e)) is None and "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return None, time.perf_counter() - start, str(e)
+  return compiled, time.perf_counter() - start, None
+
+
+def _argument_bytes(state, batch, num_devices: int) -> int:
+  """Bytes one device holds of the replicated state and its shard of the batch."""
+  size = lambda x: math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+  return (
+    sum(size(x) for x in jax.tree.leaves(state)) + sum(size(x) for x in jax.tree.leaves(batch)) // num_devices
+  )
+
+
+def _memory(compiled, devices_per_chip: int) -> dict[str, float]:
+  """Per-chip memory of a compiled program in GB (the per-device figures times devices per chip)."""
+  m = compiled.memory_analysis()
+  scale = devices_per_chip / GB
+  arguments, outputs = m.argument_size_in_bytes * scale, m.output_size_in_bytes * scale
+  aliased, temporaries = m.alias_size_in_bytes * scale, m.temp_size_in_bytes * scale
+  code = m.generated_code_size_in_bytes * scale
+  return {
+    "arguments_gb": arguments,
+    "outputs_gb": outputs,
+    "aliased_gb": aliased,
+    "temporaries_gb": temporaries,
+    "code_gb": code,
+    # Donated (aliased) outputs reuse their arguments' buffers.
+    "total_gb": arguments + outputs - aliased + temporaries + code,
+  }
+
+
+def compile_for_topology(
+  config: ml_collections.ConfigDict,
+  topology: str,
+  per_chip_batch: int,
+  *,
+  eval_step: bool = True,
+  count_flops: bool = True,
+  keep_compiled: bool = False,
+) -> dict[str, Any]:
+  """Compiles `config`'s train step (and eval step) for `topology` at `per_chip_batch`; see the module doc.
+
+  Returns the flat dict of `scripts/compile_tpu.py`'s JSON line; with `keep_compiled`, also the compiled
+  train step under '_compiled' (None when it did not fit).
+  """
+  devices = topology_devices(topology)
+  chips = num_chips(topology)
+  if len(devices) % chips:
+    raise TopologyError(f"Topology {topology!r}: {len(devices)} devices do not split over {chips} chips.")
+  per_chip_devices = len(devices) // chips
+  if per_chip_batch <= 0 or per_chip_batch % per_chip_devices:
+    raise TopologyError(
+      f"--per_chip_batch={per_chip_batch} must be a positive multiple of the {per_chip_devices} devices "
+      f"per {devices[0].device_kind} chip."
+    )
+  kind = devices[0].device_kind
+  hbm = HBM_GB_PER_CHIP.get(kind)
+  global_batch = per_chip_batch * chips
+  trainer = train.Trainer(
+    step_config(config, global_batch), mesh=parallel.make_mesh(devices), total_steps=1000
+  )
+  state, batch, eval_batch, index = abstract_inputs(trainer, global_batch)
+
+  start = time.perf_counter()
+  lowered = trainer.train_step.lower(state, batch)
+  lower_s = time.perf_counter() - start
+  compiled, compile_s, oom = _compile(lowered)
+  result: dict[str, Any] = {
+    "config": config.model_name,
+    "topology": topology,
+    "chip": kind,
+    "chips": chips,
+    "devices_per_chip": per_chip_devices,
+    "hosts": len({d.process_index for d in devices}),
+    "per_chip_batch": per_chip_batch,
+    "global_batch": global_batch,
+    "precision": trainer.config.precision,
+    "remat": bool(trainer.config.model.get("remat", False)),
+    "lower_s": lower_s,
+    "compile_s": compile_s,
+    "hbm_gb": hbm,
+  }
+  if compiled is not None:
+    result.update(_memory(compiled, per_chip_devices))
+    capacity = hbm
+  else:
+    # The report gives the temporaries; the arguments (state and batch shard) are known from their shapes.
+    temporaries, capacity = (x * per_chip_devices for x in (_oom_gb(oom) or (math.nan, math.nan)))
+    arguments = per_chip_devices * _argument_bytes(state, batch, len(devices)) / GB
+    result.update(
+      {k: None for k in ("outputs_gb", "aliased_gb", "code_gb")},
+      arguments_gb=arguments,
+      temporaries_gb=temporaries,
+      total_gb=arguments + temporaries,
+    )
+  result["usable_hbm_gb"] = capacity
+  result["fits"] = compiled is not None and (hbm is None or result["total_gb"] <= hbm)
+  if eval_step:
+    start = time.perf_counter()
+    eval_compiled, eval_s, eval_oom = _compile(trainer.eval_step.lower(state, eval_batch, index))
+    result["eval_compile_s"] = time.perf_counter() - start
+    result["eval_total_gb"] = (
+      _memory(eval_compiled, per_chip_devices)["total_gb"]
+      if eval_compiled is not None
+      else (_oom_gb(eval_oom) or (math.nan,))[0] * per_chip_devices + result["arguments_gb"]
+    )
+    result["fits"] = result["fits"] and eval_compiled is not None
+  if count_flops:
+    # Traced, not compiled: the matrix products of the per-device program, a scan's body once per
+    # iteration (XLA's cost analysis of the compiled program counts a loop body once).
+    per_device = flops.jaxpr_matmul_flops(trainer.train_step, state, batch)
+    result["step_tflops"] = per_device * len(devices) / 1e12
+    result["model_gflops_per_image"] = 3 * benchmark.model_forward_flops(trainer.config) / 1e9
+  result["advice"] = None if result["fits"] else advice(result, trainer.config)
+  if keep_compiled:
+    result["_compiled"] = compiled
+  return result
+
+
+def advice(result: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+  """One line: how much memory the case needs per chip and what to change."""
+  needed, hbm = result["total_gb"], result["hbm_gb"] or result["usable_hbm_gb"]
+  changes = []
+  if "remat" in config.model and not config.model.remat:
+    changes.append("set --config.model.remat=True (recompute blocks in the backward pass)")
+  fits_batch = result.get("max_per_chip_batch")
+  if fits_batch:
+    changes.append(f"use --per_chip_batch={fits_batch} or less")
+  elif needed and hbm and needed == needed:
+    guess = max(result["devices_per_chip"], int(result["per_chip_batch"] * hbm / needed))
+    changes.append(f"lower --per_chip_batch (about {guess} fits if memory scales with the batch)")
+  if "cross_attention_chunk_size" in config.model and not config.model.cross_attention_chunk_size:
+    changes.append("set --config.model.cross_attention_chunk_size=4096 (cross-attention memory O(N x chunk))")
+  return (
+    f"Does not fit: {result['topology']} needs {needed:.2f} GB per {result['chip']} chip of {hbm:.2f} GB "
+    f"HBM at per-chip batch {result['per_chip_batch']}; " + "; or ".join(changes) + "."
+  )
+
+
+def find_max_batch(config: ml_collections.ConfigDict, topology: str, first: dict[str, Any]) -> dict[str, Any]:
+  """The largest per-chip batch that fits, from `first` (a compile at some batch) and a few more.
+
+  Memory is close to linear in the batch: a second compile at twice (or half) the batch gives the line,
+  its crossing with the HBM is the guess, and compiles step down from it (by 5%) until one fits.
+  Returns {'max_per_chip_batch', 'max_batch_compiles', 'max_batch_total_gb'} (the last: its memory per chip).
+  """
+  step = first["devices_per_chip"]
+  hbm = first["hbm_gb"] or first["usable_hbm_gb"]
+  b1 = first["per_chip_batch"]
+  b2 = 2 * b1 if first["fits"] else max(step, (b1 // 2) // step * step)
+  if b2 == b1:
+    fits = first["fits"]
+    return {"max_per_chip_batch": b1 if fits else 0, "max_batch_compiles": 1, "max_batch_total_gb": None}
+  run = functools.partial(compile_for_topology, config, topology, eval_step=False, count_flops=False)
+  second = run(b2)
+  compiles, m1, m2 = 2, first["total_gb"], second["total_gb"]
+  slope = (m2 - m1) / (b2 - b1)
+  if not slope > 0:
+    guess = max(b1, b2) if second["fits"] else min(b1, b2)
+  else:
+    guess = int((hbm - m1) / slope + b1)
+  guess = max(step, guess // step * step)
+  best, best_gb = max(
+    [(b, r["total_gb"]) for b, r in ((b1, first), (b2, second)) if r["fits"]], default=(0, None)
+  )
+  while guess > best:
+    r = run(guess)
+    compiles += 1
+    if r["fits"]:
+      best, best_gb = guess, r["total_gb"]
+      break
+    guess = max(best, int(guess * 0.95) // step * step)
+  return {"max_per_chip_batch": best, "max_batch_compiles": compiles, "max_batch_total_gb": best_gb}
+
+
+def main(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int, max_batch: bool) -> dict:
+  """Prints the JSON line of `scripts/compile_tpu.py` (and, when it does not fit, the advice on stderr)."""
+  import json
+  import sys
+
+  result = compile_for_topology(config, topology, per_chip_batch)
+  if max_batch:
+    result.update(find_max_batch(config, topology, result))
+    if not result["fits"]:
+      result["advice"] = advice(result, step_config(config, per_chip_batch))
+  print(json.dumps(result, sort_keys=True), flush=True)
+  if not result["fits"]:
+    print(result["advice"], file=sys.stderr, flush=True)
+  return result

@@ -1,0 +1,38 @@
+r"""Compiles the real train and eval steps of a config for a TPU topology, here, with no TPU; one JSON line.
+
+  python scripts/compile_tpu.py --config=configs/imagenet.py --topology=v5e:8x8 --per_chip_batch=16
+  python scripts/compile_tpu.py --config=configs/imagenet.py:unshared --topology=v4:4x4x4 --find_max_batch
+
+Fields (perceiver_jax/compile_tpu.py): topology, chip, chips, per_chip_batch, lower_s, compile_s,
+per-chip arguments_gb, outputs_gb, temporaries_gb, total_gb and hbm_gb, fits, step_tflops (XLA's count,
+every repeat counted), and with --find_max_batch max_per_chip_batch. A case that does not fit prints its
+JSON with "fits": false and one line on stderr saying what it needs and what to change. Needs libtpu
+(pip install -e '.[tpu]').
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from perceiver_jax import compile_tpu
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:8x8, v4:4x4x4, v5p:4x4x4.")
+_PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 16, "Training examples per chip.")
+_FIND_MAX_BATCH = flags.DEFINE_bool(
+  "find_max_batch", False, "Also find the largest per-chip batch that fits."
+)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  try:
+    compile_tpu.main(_CONFIG.value, _TOPOLOGY.value, _PER_CHIP_BATCH.value, _FIND_MAX_BATCH.value)
+  except compile_tpu.TopologyError as e:
+    sys.exit(str(e))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

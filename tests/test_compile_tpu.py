@@ -1,0 +1,134 @@
+"""The deviceless TPU compile (perceiver_jax/compile_tpu.py): fields, memory, FLOPs, bf16, and the misfit."""
+
+import json
+import math
+import re
+
+import jax
+import pytest
+
+from perceiver_jax import compile_tpu, flops, parallel, train
+
+FIELDS = (
+  "topology", "chip", "chips", "devices_per_chip", "hosts", "per_chip_batch", "global_batch", "precision",
+  "remat", "lower_s", "compile_s", "eval_compile_s", "arguments_gb", "outputs_gb", "aliased_gb",
+  "temporaries_gb", "code_gb", "total_gb", "eval_total_gb", "hbm_gb", "usable_hbm_gb", "fits",
+  "step_tflops", "model_gflops_per_image", "advice",
+)  # fmt: skip
+
+
+def _local_config(config_loader, arg=""):
+  return config_loader("imagenet", ",".join(w for w in ("runlocal", arg) if w))
+
+
+@pytest.fixture(scope="module")
+def bf16_v5e(request):
+  from tests.conftest import load_config
+
+  config = load_config("imagenet", "runlocal,precision=bfloat16,remat=True")
+  return config, compile_tpu.compile_for_topology(config, "v5e:2x2", 2, keep_compiled=True)
+
+
+def _check_fields(result, config, topology, chips, hosts):
+  assert set(FIELDS) <= set(result)
+  devices = compile_tpu.topology_devices(topology)
+  assert (result["topology"], result["chips"], result["hosts"]) == (topology, chips, hosts)
+  assert result["chip"] == devices[0].device_kind
+  assert result["devices_per_chip"] * chips == len(devices)
+  assert result["global_batch"] == result["per_chip_batch"] * chips
+  assert result["hbm_gb"] == pytest.approx(compile_tpu.HBM_GB_PER_CHIP[result["chip"]])
+  assert result["lower_s"] > 0 and result["compile_s"] > 0 and result["eval_compile_s"] > 0
+  parts = result["arguments_gb"] + result["outputs_gb"] - result["aliased_gb"] + result["temporaries_gb"]
+  assert result["total_gb"] == pytest.approx(parts + result["code_gb"])
+  assert 0 < result["eval_total_gb"] and 0 < result["total_gb"] < result["hbm_gb"]
+  assert result["fits"] is True and result["advice"] is None
+  # The compiled program's arguments are the replicated state and this device's shard of the batch (in
+  # the TPU's tiled layout, which pads small arrays: at least their bytes).
+  trainer = train.Trainer(
+    compile_tpu.step_config(config, result["global_batch"]),
+    mesh=parallel.make_mesh(devices),
+    total_steps=1000,
+  )
+  state, batch, _, _ = compile_tpu.abstract_inputs(trainer, result["global_batch"])
+  want = result["devices_per_chip"] * compile_tpu._argument_bytes(state, batch, len(devices)) / 1e9
+  assert want <= result["arguments_gb"] < 4 * want
+  # The donated state comes back in place: at least its bytes alias, and no more than the arguments.
+  state_gb = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state)) / 1e9
+  assert result["devices_per_chip"] * state_gb <= result["aliased_gb"] <= result["arguments_gb"]
+
+
+def test_v5e_2x2_fields_memory_and_flops(bf16_v5e):
+  config, result = bf16_v5e
+  _check_fields(result, config, "v5e:2x2", chips=4, hosts=1)
+  assert result["precision"] == "bfloat16" and result["remat"] is True
+  # Every repeat counted: the scanned step's count equals that of the same step unrolled, traced for the
+  # same per-device batch on 4 CPU devices with the TPU's kernels.
+  unrolled = compile_tpu.step_config(config, result["global_batch"])
+  unrolled.model.scan_repeats = False
+  trainer = train.Trainer(
+    unrolled, mesh=parallel.make_mesh(jax.devices()[:4]), total_steps=1000, platform="tpu"
+  )
+  state, batch, _, _ = compile_tpu.abstract_inputs(trainer, result["global_batch"])
+  assert result["step_tflops"] == pytest.approx(
+    4 * flops.jaxpr_matmul_flops(trainer.train_step, state, batch) / 1e12
+  )
+
+
+def _operand_types(hlo: str, op: str):
+  """The element types of the operands of every `op` instruction in HLO text (names are module-unique)."""
+  defined = dict(re.findall(r"(%[\w.-]+) = \(?(\w+)\[", hlo))
+  types = []
+  for operands in re.findall(rf"= \w+\[[^=]*? {op}\(([^)]*)\)", hlo):
+    types.append(tuple(defined.get(name) for name in re.findall(r"%[\w.-]+", operands)))
+  return types
+
+
+def test_bfloat16_is_read_from_the_compiled_tpu_program(bf16_v5e):
+  config, result = bf16_v5e
+  hlo = result["_compiled"].as_text()
+  entry = hlo[hlo.index("ENTRY") :]
+  # Parameters (and optimizer state): every float argument of the program is float32.
+  arguments = re.findall(r"\b(bf16|f32|f16)\[[0-9,]*\][^ ]* parameter\(", entry)
+  assert arguments and set(arguments) == {"f32"}
+  # Matmuls in bfloat16: the TPU program's products (convolutions) all take bf16 operands.
+  products = _operand_types(hlo, "convolution") + _operand_types(hlo, "dot")
+  assert len(products) >= 10
+  assert all(t and set(t) == {"bf16"} for t in products), [t for t in products if set(t) != {"bf16"}]
+  # Logits and loss in float32: the softmax over the classes exponentiates float32 [b, classes] values.
+  b, classes = result["global_batch"] // result["chips"], config.dataset.num_classes
+  assert re.search(rf"f32\[{b},{classes}\]\S* exponential\(", hlo)
+  assert not re.search(rf"bf16\[{b},{classes}\]\S* exponential\(", hlo)
+
+
+def test_sixteen_chips_on_four_hosts(config_loader, capsys):
+  config = _local_config(config_loader)
+  result = compile_tpu.main(config, "v5e:4x4", 2, max_batch=False)
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert printed == json.loads(json.dumps(result))
+  _check_fields(printed, config, "v5e:4x4", chips=16, hosts=4)
+
+
+def test_a_misfit_says_what_it_needs_and_the_largest_batch_that_fits(config_loader, capsys):
+  # runlocal at 224 px (50,176 tokens): small to compile, large in memory.
+  config = _local_config(config_loader, "dataset.image_size=224,input.max_resolution=224,remat=False")
+  result = compile_tpu.main(config, "v5e:2x2", 2048, max_batch=True)
+  out, err = capsys.readouterr()
+  assert json.loads(out.strip().splitlines()[-1])["fits"] is False
+  assert result["fits"] is False and result["total_gb"] > result["usable_hbm_gb"] > 0
+  assert result["temporaries_gb"] > 0 and result["arguments_gb"] > 0
+  best = result["max_per_chip_batch"]
+  assert 0 < best < 2048 and result["max_batch_compiles"] >= 3
+  line = err.strip().splitlines()[-1]
+  assert line == result["advice"] and "Traceback" not in err
+  assert f"needs {result['total_gb']:.2f} GB" in line and f"--per_chip_batch={best}" in line
+  assert "remat=True" in line and "cross_attention_chunk_size" in line
+  # The batch found fits in the chip's HBM and uses more than half of what the compiler reported as available.
+  assert result["usable_hbm_gb"] / 2 < result["max_batch_total_gb"] <= result["hbm_gb"]
+
+
+def test_bad_topologies_and_batches_say_what_to_give(config_loader):
+  config = _local_config(config_loader)
+  with pytest.raises(compile_tpu.TopologyError, match="give e.g. 'v5e:2x2'"):
+    compile_tpu.compile_for_topology(config, "v9x:2x2", 2)
+  with pytest.raises(compile_tpu.TopologyError, match="multiple of the 2 devices per TPU v4 chip"):
+    compile_tpu.compile_for_topology(config, "v4:2x2x1", 3)
