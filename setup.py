@@ -8,7 +8,7 @@ setuptools.setup(
     version="0.1.0",
     description="The Perceiver (Jaegle et al., ICML 2021) in JAX/Haiku: paper-exact, data-parallel.",
     packages=setuptools.find_packages(include=["perceiver_jax", "perceiver_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",
         "jaxlib>=0.10.2",
@@ -29,5 +29,9 @@ setuptools.setup(
         "matplotlib>=3.9",
         "pillow>=10",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "gcsfs>=2024.2", "gcp-storage-emulator>=2024.8"],
+        # Cloud TPU VMs (scripts/setup_tpu_vm.sh). gcsfs: the gs:// end-to-end test (tests/test_gcs.py).
+        "tpu": ["jax[tpu]>=0.10.2"],
+    },
 )
