@@ -355,7 +355,7 @@ def train_and_evaluate(
   writer = MetricWriter(workdir, tensorboard=tensorboard)
   manager = checkpoint.make_manager(workdir, keep)
   try:
-    with checkpoint.PreemptionWatcher(trainer.mesh) as watcher:
+    with checkpoint.PreemptionWatcher() as watcher:
       return _train(trainer, workdir, writer, manager, watcher)
   finally:
     manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
@@ -393,7 +393,7 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher) -> dict[str
   for step in range(start + 1, total + 1):
     train_state, metrics = trainer.train_step(train_state, next(batches))
     pending.append((step, metrics))
-    stop = watcher.stop_requested()
+    stop = watcher.stop_requested(step)
     save = step % config.checkpoint.every == 0 or step == total or stop
     log = step % t.log_every == 0 or step == total
     if save or log:

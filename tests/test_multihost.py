@@ -84,7 +84,7 @@ def test_two_processes_agree_on_preemption_and_match_four_devices(tmp_path):
     while not (workdir / "checkpoints" / "4").exists():
       assert all(p.poll() is None for p in pair) and time.time() < deadline, logs[0].read_text()[-3000:]
       time.sleep(0.05)
-    pair[1].send_signal(signal.SIGTERM)  # Process 1 only: process 0 learns it through the flag reduction.
+    pair[1].send_signal(signal.SIGTERM)  # Process 1 only: process 0 learns it from the coordination service.
     texts = wait_all(pair, logs)
   finally:
     for p in pair:
@@ -93,7 +93,9 @@ def test_two_processes_agree_on_preemption_and_match_four_devices(tmp_path):
   assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
   stop = int(stopped[0][0])
   assert 4 < stop < 10 and steps(workdir)[-1] == stop
-  assert "Received SIGTERM" in texts[1] and "Received SIGTERM" not in texts[0]
+  # JAX's preemption sync, not a signal handler of ours, made both stop after the same step.
+  assert all(f"Preemption notice: every process saves and stops after step {stop}." in t for t in texts)
+  assert all("Received SIGTERM" not in t for t in texts)
   for i, text in enumerate(texts):
     assert f"Process {i} of 2: 2 local devices of 4." in text
 
@@ -150,6 +152,12 @@ def test_explicit_coordinator_starts_gloo_and_jax_distributed(monkeypatch):
   assert distributed.initialize("127.0.0.1:1234", 2, 1)
   assert calls == [
     ("jax_cpu_collectives_implementation", "gloo"),
-    {"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1},
+    {
+      "coordinator_address": "127.0.0.1:1234",
+      "num_processes": 2,
+      "process_id": 1,
+      # jax.distributed aborts later than the one-line error of our own deadline.
+      "initialization_timeout": distributed.DEFAULT_INITIALIZATION_TIMEOUT + distributed._JAX_GRACE_S,
+    },
   ]
   assert distributed.initialize("127.0.0.1:1234", 2, 1) and len(calls) == 2  # Only once per process.
