@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from absl import logging
+from etils import epath
 
 DASH = "—"
 PERMUTATIONS = ("none", "fixed", "random")
@@ -393,15 +394,12 @@ def row_name(run: Run) -> str | None:
 
 
 def load_run(path: str) -> Run:
-  with open(os.path.join(path, "results.json")) as f:
-    results = json.load(f)
-  with open(os.path.join(path, "config.json")) as f:
-    config = json.load(f)
+  run = epath.Path(path)
+  results = json.loads((run / "results.json").read_text())
+  config = json.loads((run / "config.json").read_text())
   metrics = []
-  metrics_path = os.path.join(path, "metrics.jsonl")
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      metrics = [json.loads(line) for line in f if line.strip()]
+  if (run / "metrics.jsonl").exists():
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
   return Run(path, config, results, tuple(metrics))
 
 
@@ -409,9 +407,9 @@ def find_runs(roots: Iterable[str]) -> list[Run]:
   """Every finished run (a directory with results.json and config.json) under `roots`, sorted by path."""
   paths = set()
   for root in roots:
-    for directory, _, files in os.walk(root):
+    for directory, _, files in epath.Path(root).walk():  # Local, gs:// or any other epath filesystem.
       if "results.json" in files and "config.json" in files:
-        paths.add(os.path.normpath(directory))
+        paths.add(os.fspath(directory))
   return [load_run(p) for p in sorted(paths)]
 
 
@@ -466,13 +464,16 @@ def plot_curves(runs: Sequence[Run], path: str, title: str = "") -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  epath.Path(path).write_bytes(buffer.getvalue())
   plt.close(fig)
 
 
 def write_report(runs: Sequence[Run], out_dir: str, gflops_fn: GflopsFn | None = None) -> str:
   """Writes tables.md, one CSV per table and dataset, and curves_<dataset>.png; returns the Markdown."""
-  os.makedirs(out_dir, exist_ok=True)
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
   parts = [
     f"# The paper's tables, measured\n\n{len(runs)} runs. Top-1 in percent on the eval split; measured: the "
     f"mean ± sample standard deviation (n runs, seeds) where several runs share a cell, {DASH} where none "
@@ -480,13 +481,9 @@ def write_report(runs: Sequence[Run], out_dir: str, gflops_fn: GflopsFn | None =
   ]
   for dataset, table, markdown, table_csv in report(runs, gflops_fn):
     parts.append(markdown)
-    with open(os.path.join(out_dir, f"{table.key}_{dataset}.csv"), "w") as f:
-      f.write(table_csv)
+    (out / f"{table.key}_{dataset}.csv").write_text(table_csv)
   for dataset in sorted({r.dataset for r in runs}):
-    plot_curves(
-      [r for r in runs if r.dataset == dataset], os.path.join(out_dir, f"curves_{dataset}.png"), dataset
-    )
+    plot_curves([r for r in runs if r.dataset == dataset], os.fspath(out / f"curves_{dataset}.png"), dataset)
   markdown = "\n".join(parts)
-  with open(os.path.join(out_dir, "tables.md"), "w") as f:
-    f.write(markdown)
+  (out / "tables.md").write_text(markdown)
   return markdown

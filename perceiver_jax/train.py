@@ -270,10 +270,11 @@ def count_params(params) -> int:
 
 
 def _write_json(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  # Whole, through epath (gs:// too): written to a temporary file, then renamed over the old one.
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+  tmp.replace(path)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -285,11 +286,10 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes config.json, warning when it changes that of the run being resumed."""
-  path = os.path.join(workdir, "config.json")
+  path = epath.Path(workdir) / "config.json"
   new = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      old, flat = _flat(json.load(f)), _flat(new)
+  if path.exists():
+    old, flat = _flat(json.loads(path.read_text())), _flat(new)
     changed = sorted(k for k in old.keys() | flat.keys() if old.get(k) != flat.get(k))
     if changed:
       logging.warning("The config differs from that of the run in %s in: %s.", workdir, ", ".join(changed))
@@ -298,17 +298,15 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def _keep_metrics_until(workdir: str, step: int) -> list[dict[str, Any]]:
   """Drops metrics.jsonl lines after `step` (they will be logged again); returns its eval history."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return []
-  with open(path) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
+  lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
   kept = [line for line in lines if line["step"] <= step]
   if len(kept) < len(lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(line) + "\n" for line in kept)
-    os.replace(tmp, path)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in kept))
+    tmp.replace(path)
   history = [
     {"step": line["step"], **{k[len("eval_") :]: v for k, v in line.items() if k.startswith("eval_")}}
     for line in kept
@@ -391,7 +389,7 @@ def train_and_evaluate(
   every, keep = config.checkpoint.every, config.checkpoint.keep
   config_args.check_positive("checkpoint.", every=every, keep=keep)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)
   writer = MetricWriter(workdir, tensorboard=tensorboard)
   manager = checkpoint.make_manager(workdir, keep)
@@ -505,7 +503,7 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher) -> dict[str
     "history": history,
   }
   if is_lead:
-    _write_json(os.path.join(workdir, "results.json"), results)
+    _write_json(os.fspath(epath.Path(workdir) / "results.json"), results)
   return results
 
 
@@ -524,5 +522,5 @@ def evaluate_run(workdir: str) -> dict[str, Any]:
     "params_checksum": checkpoint.params_checksum(run.state.params),
   }
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "eval_results.json"), results)
+    _write_json(os.fspath(epath.Path(workdir) / "eval_results.json"), results)
   return results
