@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from etils import epath
+
 LAUNCHERS = ("local", "print", "tpu_pod", "slurm")
 TPU_POD_SCRIPT = "scripts/launch_tpu_pod.sh"
 SLURM_SCRIPT = "scripts/slurm_multinode_gpu.sbatch"
@@ -103,7 +105,7 @@ def plan(
   for point in points(axes):
     arg = ",".join(([base] if base else []) + [f"{k}={v}" for k, v in point])
     name = run_name(point)
-    workdir = os.path.join(workdir_root, name)
+    workdir = os.fspath(epath.Path(workdir_root) / name)
     runs.append(SweepRun(name, workdir, (f"--config={path}:{arg}", f"--workdir={workdir}", *extra_args)))
   return runs
 
@@ -161,7 +163,7 @@ def run_local(
     for run, cmd in zip(runs, cmds, strict=True):
       if stopping:
         break
-      if os.path.exists(os.path.join(run.workdir, "results.json")):
+      if (epath.Path(run.workdir) / "results.json").exists():  # A gs:// workdir too.
         echo(f"# {run.name}: finished already ({run.workdir}/results.json)")
         continue
       echo(shlex.join(cmd))
