@@ -3,35 +3,41 @@
 import setuptools
 
 setuptools.setup(
-    # The PyPI name `perceiver-jax` belongs to an unrelated project; the import name stays perceiver_jax.
-    name="perceiver-haiku-reference",
-    version="0.1.0",
-    description="The Perceiver (Jaegle et al., ICML 2021) in JAX/Haiku: paper-exact, data-parallel.",
-    packages=setuptools.find_packages(include=["perceiver_jax", "perceiver_jax.*"]),
-    python_requires=">=3.10",
-    install_requires=[
-        "jax>=0.10.2",
-        "jaxlib>=0.10.2",
-        "dm-haiku>=0.0.17",
-        "optax>=0.2.8",
-        "ml-collections>=1.1.0",
-        "absl-py>=2.5.1",
-        "numpy>=2.0",
-        "tensorflow-cpu>=2.21.0",
-        "tensorflow-datasets>=4.9.10",
-        # tf.summary needs it for the TensorBoard events; tensorflow-cpu does not bring it.
-        "tensorboard>=2.20",
-        # tensorflow-datasets 4.9.10 imports it to build datasets but does not declare it.
-        "importlib_resources>=6.0",
-        "jmp>=0.0.4",
-        "orbax-checkpoint>=0.12.8",
-        "scikit-learn>=1.9",
-        "matplotlib>=3.9",
-        "pillow>=10",
+  # The PyPI name `perceiver-jax` belongs to an unrelated project; the import name stays perceiver_jax.
+  name="perceiver-haiku-reference",
+  version="0.1.0",
+  description="The Perceiver (Jaegle et al., ICML 2021) in JAX/Haiku: paper-exact, data-parallel.",
+  packages=setuptools.find_packages(include=["perceiver_jax", "perceiver_jax.*"]),
+  python_requires=">=3.11",
+  install_requires=[
+    "jax>=0.10.2",
+    "jaxlib>=0.10.2",
+    "dm-haiku>=0.0.17",
+    "optax>=0.2.8",
+    "ml-collections>=1.1.0",
+    "absl-py>=2.5.1",
+    "numpy>=2.0",
+    "tensorflow-cpu>=2.21.0",
+    "tensorflow-datasets>=4.9.10",
+    # tf.summary needs it for the TensorBoard events; tensorflow-cpu does not bring it.
+    "tensorboard>=2.20",
+    # tensorflow-datasets 4.9.10 imports it to build datasets but does not declare it.
+    "importlib_resources>=6.0",
+    "jmp>=0.0.4",
+    "orbax-checkpoint>=0.12.8",
+    "scikit-learn>=1.9",
+    "matplotlib>=3.9",
+    "pillow>=10",
+  ],
+  extras_require={
+    # Cloud TPU VMs (scripts/setup_tpu_vm.sh); jax[tpu] brings libtpu.
+    "tpu": ["jax[tpu]>=0.10.2"],
+    # libtpu: scripts/compile_tpu.py compiles for a TPU topology with no TPU (tests/test_compile_tpu.py).
+    "test": [
+      "pytest>=8",
+      "pytest-xdist>=3.6",
+      "ruff>=0.6",
+      "libtpu>=0.0.52",
     ],
-    extras_require={
-        # libtpu: the TPU compiler, which scripts/compile_tpu.py uses to compile for a TPU topology with no TPU.
-        "tpu": ["libtpu>=0.0.52"],
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "libtpu>=0.0.52"],
-    },
+  },
 )

@@ -77,6 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     num_epochs=None,
     label_smoothing=0.1,
     log_every=100,
+    # Steps to trace with jax.profiler after the first compile, into the workdir (0: off).
+    profile_steps=0,
     eval_every=500,
     eval_batch_size=256,
   )

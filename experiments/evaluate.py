@@ -17,11 +17,18 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 _LOCAL_DEVICES = flags.DEFINE_integer("local_device_count", None, "CPU devices per process (CPU runs).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+  "initialization_timeout",
+  distributed.DEFAULT_INITIALIZATION_TIMEOUT,
+  "Seconds the processes of a multi-process run wait for each other at start-up.",
+)
 
 
 def main(argv):
   del argv
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value)
+  distributed.initialize(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
+  )
   results = train.evaluate_run(_WORKDIR.value)
   print(json.dumps(results, indent=2, sort_keys=True))
 

@@ -28,6 +28,11 @@ _ACCEPT_CHANGE = flags.DEFINE_bool(
   "Resume a run with a config that changes its experiment (model, input, optimizer, ...); the change is "
   "recorded in its config.json. Without it such a resume is refused before the workdir is touched.",
 )
+_INIT_TIMEOUT = flags.DEFINE_integer(
+  "initialization_timeout",
+  distributed.DEFAULT_INITIALIZATION_TIMEOUT,
+  "Seconds the processes of a multi-process run wait for each other at start-up.",
+)
 _TENSORBOARD = flags.DEFINE_bool(
   "tensorboard", True, "Write TensorBoard events; --notensorboard skips importing TensorFlow (~10 s)."
 )
@@ -35,8 +40,11 @@ _TENSORBOARD = flags.DEFINE_bool(
 
 def main(argv):
   del argv
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value)
+  distributed.initialize(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
+  )
   config = _CONFIG.value
+  distributed.check_same_config(config)
   workdir = _WORKDIR.value or os.path.join("workdirs", config.dataset.name)
   results = train.train_and_evaluate(
     config, workdir, tensorboard=_TENSORBOARD.value, accept_config_change=_ACCEPT_CHANGE.value

@@ -28,7 +28,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, Sharding
 
-from perceiver_jax import parallel, run_files
+from perceiver_jax import run_files
 
 if TYPE_CHECKING:
   from perceiver_jax.train import TrainState
@@ -356,19 +356,26 @@ def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = 
 class PreemptionWatcher:
   """Turns SIGTERM into a request to save and stop at a step boundary that every process agrees on.
 
-  Use as a context manager around the train loop (the handler is restored on exit) and call
-  `stop_requested()` at every step boundary on every process. A single process stops at the boundary
-  after the signal. Several processes take the maximum of their flags over the mesh; the result of one
-  boundary is read at the next, so the reduction runs alongside a train step instead of stalling the loop.
+  Use as a context manager around the train loop and call `stop_requested(step)` at every step boundary on
+  every process. A single process handles the signal itself (the previous handler is restored on exit)
+  and stops at the boundary after it. Several processes leave SIGTERM to JAX's coordination service
+  (`jax.distributed` installs its preemption notifier): a notice on any process starts the service's
+  sync protocol, and `multihost_utils.reached_preemption_sync_point` turns True on every process at the
+  same step, with no device work or host fetch added to the steps.
   """
 
-  def __init__(self, mesh: Mesh, signals: Sequence[int] = (signal.SIGTERM,)):
-    self._mesh = mesh
+  def __init__(self, mesh: Mesh | None = None, signals: Sequence[int] = (signal.SIGTERM,)):
+    del mesh  # The agreement goes through the coordination service, not the devices.
     self._signals = tuple(signals)
     self._received = threading.Event()
     self._previous: dict[int, Any] = {}
-    self._pending = None
-    self._any = jax.jit(jnp.max, out_shardings=parallel.replicated(mesh))
+    self._calls = 0
+    state = jax._src.distributed.global_state  # noqa: SLF001  Whether the preemption service runs.
+    self._service = jax.process_count() > 1 and state.preemption_sync_manager is not None
+    if jax.process_count() > 1 and not self._service:
+      logging.warning(
+        "JAX's preemption service is off (jax_enable_preemption_service): SIGTERM stops nothing."
+      )
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -380,7 +387,9 @@ class PreemptionWatcher:
     self._received.set()
 
   def __enter__(self) -> PreemptionWatcher:
-    if threading.current_thread() is threading.main_thread():
+    if self._service:
+      logging.info("SIGTERM on any process stops all of them at one step (JAX's preemption sync).")
+    elif threading.current_thread() is threading.main_thread():
       for s in self._signals:
         self._previous[s] = signal.signal(s, self._handle)
     else:
@@ -393,15 +402,18 @@ class PreemptionWatcher:
     self._previous = {}
 
   def request_stop(self) -> None:
-    """What the signal handler does; for tools and tests that stop a run from within."""
+    """What the signal handler does, for a single process; for tools and tests that stop a run."""
     self._received.set()
 
-  def stop_requested(self) -> bool:
-    """Whether every process is to save and stop now; call once per step boundary on every process."""
-    if jax.process_count() == 1:
+  def stop_requested(self, step: int | None = None) -> bool:
+    """Whether every process is to save and stop after `step`; call at every step boundary on every process.
+
+    `step` must be the same on all processes (the train step just taken); without it, calls are counted.
+    """
+    self._calls += 1
+    if not self._service:
       return self._received.is_set()
-    agreed = self._pending is not None and bool(jax.device_get(self._pending))
-    flags = np.full(len(self._mesh.local_devices), self._received.is_set(), np.int32)
-    sharding = parallel.batch_sharded(self._mesh)
-    self._pending = self._any(jax.make_array_from_process_local_data(sharding, flags))
-    return agreed
+    if multihost_utils.reached_preemption_sync_point(self._calls if step is None else int(step)):
+      logging.warning("Preemption notice: every process saves and stops after step %s.", step or self._calls)
+      return True
+    return False

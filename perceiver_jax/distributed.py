@@ -7,18 +7,32 @@ learn the coordinator, their count and their id:
 - or from the cluster: SLURM inside `srun` with several tasks, Cloud TPU pods and Open MPI's `mpirun`,
   where `jax.distributed.initialize()` fills in everything itself.
 A plain single-process run (no flags, no cluster) does not initialize anything.
+
+Start-up fails fast: a process whose peers do not all join within `initialization_timeout` seconds exits
+with one line saying which processes it is missing and what to check, and `check_same_config` stops every
+process at once when their configs differ, naming the differing fields.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
+import json
 import os
+import socket
+import sys
+import threading
 
 import jax
 from absl import logging
 
 _initialized = False
+# Seconds processes wait for each other in `initialize` unless told otherwise.
+DEFAULT_INITIALIZATION_TIMEOUT = 300
+# jax.distributed gets this much longer, so that the one-line error below comes before its abort.
+_JAX_GRACE_S = 30
+_CONFIG_KEY = "perceiver_jax/config"
 
 
 def _env_int(name: str) -> int:
@@ -48,6 +62,7 @@ def initialize(
   num_processes: int | None = None,
   process_id: int | None = None,
   local_device_count: int | None = None,
+  initialization_timeout: int | None = None,
 ) -> bool:
   """Starts `jax.distributed` when the run has several processes; call before any other JAX work.
 
@@ -58,6 +73,9 @@ def initialize(
     process_id: this process's index, 0 .. num_processes - 1.
     local_device_count: CPU devices this process presents (fake devices for tests and CPU clusters);
       GPU and TPU processes use the accelerators they can see.
+    initialization_timeout: seconds to wait for all processes to join (default
+      `DEFAULT_INITIALIZATION_TIMEOUT`); then this process exits with status 1 and one line naming the
+      processes that did not join.
 
   Returns:
     Whether `jax.distributed` was initialized (False for a plain single-process run).
@@ -81,9 +99,25 @@ def initialize(
     "auto" if process_id is None else process_id,
     num_processes or "auto",
   )
-  jax.distributed.initialize(
-    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  timeout = DEFAULT_INITIALIZATION_TIMEOUT if initialization_timeout is None else int(initialization_timeout)
+  if timeout <= 0:
+    sys.exit(f"error: --initialization_timeout={timeout} must be a positive number of seconds.")
+  watchdog = threading.Timer(
+    timeout, _give_up, (coordinator_address, num_processes, process_id, timeout, cluster or "explicit")
   )
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+      initialization_timeout=timeout + _JAX_GRACE_S,
+    )
+  except (ValueError, TypeError) as e:  # Inconsistent flags: say so in one line.
+    sys.exit(f"error: jax.distributed cannot start: {e}")
+  finally:
+    watchdog.cancel()
   _initialized = True
   logging.info(
     "Process %d of %d: %d local devices of %d.",
@@ -93,3 +127,76 @@ def initialize(
     jax.device_count(),
   )
   return True
+
+
+def _reachable(address: str) -> bool:
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+def _give_up(address, num_processes, process_id, timeout, how) -> None:
+  """Ends a process whose peers did not all join in time, with one line (jax.distributed would abort)."""
+  state = jax._src.distributed.global_state  # noqa: SLF001  The values the cluster resolved, if any.
+  address = address or state.coordinator_address or "the coordinator"
+  count = num_processes or state.num_processes
+  me = process_id if process_id is not None else state.process_id
+  if me == 0 and count:
+    others = "process 1" if count == 2 else f"some of processes 1..{count - 1}"
+    missing = f"{others} did not connect to this process (0, the coordinator at {address})"
+  elif address != "the coordinator" and not _reachable(address):
+    missing = f"process 0 (the coordinator) does not answer at {address}"
+  else:
+    missing = f"process 0 (the coordinator at {address}) answers, but not all {count or 'N'} processes joined"
+  sys.stderr.write(
+    f"error: jax.distributed did not start within {timeout} s ({how} start-up, this is process {me} of "
+    f"{count or '?'}): {missing}. Check that all {count or 'N'} processes were started, with the same "
+    "--num_processes, distinct --process_id values and a --coordinator_address (host:port of process 0) "
+    "that every host can reach (firewall, port in use); raise --initialization_timeout if they start "
+    "slowly.\n"
+  )
+  sys.stderr.flush()
+  os._exit(1)
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}".lstrip(".")).items()}
+
+
+def check_same_config(config, timeout_s: int = 300) -> None:
+  """Stops every process at once (exit status 1) when the processes' resolved configs differ.
+
+  Each process publishes its config in the coordination service's key-value store, and every process
+  compares all of them with process 0's, so all reach the same verdict and the message names the fields.
+  A single-process run has nothing to compare.
+  """
+  if jax.process_count() == 1:
+    return
+  client = jax._src.distributed.global_state.client  # noqa: SLF001  The coordination service's client.
+  text = json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
+  digest = hashlib.sha256(text.encode()).hexdigest()
+  me, count = jax.process_index(), jax.process_count()
+  client.key_value_set(f"{_CONFIG_KEY}/hash/{me}", digest)
+  client.key_value_set(f"{_CONFIG_KEY}/json/{me}", text)
+  hashes = [client.blocking_key_value_get(f"{_CONFIG_KEY}/hash/{i}", timeout_s * 1000) for i in range(count)]
+  differing = [i for i in range(count) if hashes[i] != hashes[0]]
+  if not differing:
+    logging.info("All %d processes run the same config (sha256 %s).", count, digest[:16])
+    return
+  reference = _flat(json.loads(client.blocking_key_value_get(f"{_CONFIG_KEY}/json/0", timeout_s * 1000)))
+  other = differing[0]
+  theirs = _flat(json.loads(client.blocking_key_value_get(f"{_CONFIG_KEY}/json/{other}", timeout_s * 1000)))
+  fields = sorted(k for k in reference.keys() | theirs.keys() if reference.get(k) != theirs.get(k))
+  shown = ", ".join(f"{k} ({reference.get(k)!r} vs {theirs.get(k)!r})" for k in fields[:8])
+  # Everyone has read what it needs before anyone leaves (process 0 holds the store).
+  client.wait_at_barrier(f"{_CONFIG_KEY}/verdict", timeout_s * 1000)
+  sys.exit(
+    f"error: the processes were started with different configs: process {other}"
+    f"{f' (and {len(differing) - 1} more)' if len(differing) > 1 else ''} differs from process 0 in "
+    f"{shown}{', ...' if len(fields) > 8 else ''}. Start every process with the same flags."
+  )

@@ -3,6 +3,8 @@
 Only process 0 writes; on every other process the writer does nothing. metrics.jsonl is rewritten whole
 at each write (`run_files.write_jsonl`): object stores such as GCS cannot append, and a reader never sees
 half a line.
+TensorBoard events go through TensorFlow's own filesystem layer (tf.summary), which reads gs://
+too but only from the real Cloud Storage endpoint.
 """
 
 from __future__ import annotations

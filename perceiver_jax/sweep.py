@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from etils import epath
+
 from perceiver_jax import config_args
 
 LAUNCHERS = ("local", "print", "tpu_pod", "slurm")
@@ -106,7 +108,7 @@ def plan(
   for point in points(axes):
     arg = ",".join(([base] if base else []) + [f"{k}={v}" for k, v in point])
     name = run_name(point)
-    workdir = os.path.join(workdir_root, name)
+    workdir = os.fspath(epath.Path(workdir_root) / name)
     runs.append(SweepRun(name, workdir, (f"--config={path}:{arg}", f"--workdir={workdir}", *extra_args)))
   return runs
 
@@ -190,7 +192,7 @@ def run_local(
     for run, cmd in zip(runs, cmds, strict=True):
       if stopping:
         break
-      if os.path.exists(os.path.join(run.workdir, "results.json")):
+      if (epath.Path(run.workdir) / "results.json").exists():  # A gs:// workdir too.
         echo(f"# {run.name}: finished already ({run.workdir}/results.json)")
         continue
       echo(shlex.join(cmd))

@@ -421,11 +421,14 @@ def find_runs(roots: Iterable[str], missing_ok: bool = False) -> list[Run]:
   """
   paths = set()
   for root in roots:
-    if not os.path.isdir(root) and not missing_ok:
+    root_path = epath.Path(root)
+    if not root_path.is_dir() and not missing_ok:
       raise FileNotFoundError(f"--runs={root} is not a directory; pass the directory that holds the runs.")
-    for directory, _, files in os.walk(root):
+    if not root_path.is_dir():
+      continue
+    for directory, _, files in root_path.walk():  # Local, gs:// or any other epath filesystem.
       if "results.json" in files and "config.json" in files:
-        paths.add(os.path.normpath(directory))
+        paths.add(os.fspath(directory))
   runs = []
   for path in sorted(paths):
     try:
@@ -486,13 +489,16 @@ def plot_curves(runs: Sequence[Run], path: str, title: str = "") -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  epath.Path(path).write_bytes(buffer.getvalue())
   plt.close(fig)
 
 
 def write_report(runs: Sequence[Run], out_dir: str, gflops_fn: GflopsFn | None = None) -> str:
   """Writes tables.md, one CSV per table and dataset, and curves_<dataset>.png; returns the Markdown."""
-  os.makedirs(out_dir, exist_ok=True)
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
   parts = [
     f"# The paper's tables, measured\n\n{len(runs)} runs. Top-1 in percent on the eval split; measured: the "
     f"mean ± sample standard deviation (n runs, seeds) where several runs share a cell, {DASH} where none "
@@ -500,13 +506,9 @@ def write_report(runs: Sequence[Run], out_dir: str, gflops_fn: GflopsFn | None =
   ]
   for dataset, table, markdown, table_csv in report(runs, gflops_fn):
     parts.append(markdown)
-    with open(os.path.join(out_dir, f"{table.key}_{dataset}.csv"), "w") as f:
-      f.write(table_csv)
+    (out / f"{table.key}_{dataset}.csv").write_text(table_csv)
   for dataset in sorted({r.dataset for r in runs}):
-    plot_curves(
-      [r for r in runs if r.dataset == dataset], os.path.join(out_dir, f"curves_{dataset}.png"), dataset
-    )
+    plot_curves([r for r in runs if r.dataset == dataset], os.fspath(out / f"curves_{dataset}.png"), dataset)
   markdown = "\n".join(parts)
-  with open(os.path.join(out_dir, "tables.md"), "w") as f:
-    f.write(markdown)
+  (out / "tables.md").write_text(markdown)
   return markdown

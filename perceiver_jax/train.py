@@ -12,6 +12,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import pathlib
+import shutil
+import tempfile
 import time
 from typing import Any, NamedTuple
 
@@ -246,6 +249,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_args.check_positive("train.", num_steps=t.num_steps)
   if t.get("num_epochs") is not None and t.num_epochs <= 0:
     raise ValueError(f"train.num_epochs={t.num_epochs!r} must be positive.")
+  if t.profile_steps < 0:
+    raise ValueError(f"train.profile_steps={t.profile_steps} must be 0 (off) or a number of steps to trace.")
   if not 0.0 <= t.label_smoothing < 1.0:
     raise ValueError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
   if config.dataset.image_size <= 0 or config.dataset.num_channels <= 0:
@@ -337,6 +342,41 @@ def _fetch_finite(pending: list[tuple[int, Any]], latest_checkpoint: int | None)
   return values
 
 
+class _StepProfiler:
+  """Traces `count` train steps with jax.profiler, from the one after the first (compiling) step.
+
+  The trace is written locally, then copied into `workdir/plugins/profile/<run>/` through epath (any
+  workdir, gs:// too), where `tensorboard --logdir=WORKDIR` shows it in the profile plugin. Process 0 only.
+  """
+
+  def __init__(self, workdir: str, count: int, start: int, total: int):
+    self.workdir, self.first, self.last = workdir, start + 2, min(start + 1 + count, total)
+    self.active = count > 0 and jax.process_index() == 0 and self.first <= self.last
+    self._local = None
+
+  def before(self, step: int) -> None:
+    if self.active and step == self.first:
+      self._local = tempfile.mkdtemp(prefix="perceiver_profile_")
+      jax.profiler.start_trace(self._local)
+
+  def after(self, step: int, train_state) -> None:
+    if self._local is not None and step >= self.last:
+      jax.block_until_ready(train_state)
+      self.close()
+
+  def close(self) -> None:
+    if self._local is None:
+      return
+    jax.profiler.stop_trace()
+    local, self._local = pathlib.Path(self._local), None  # A local temporary directory.
+    for source in sorted(p for p in local.rglob("*") if p.is_file()):
+      target = epath.Path(self.workdir) / source.relative_to(local)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(source.read_bytes())
+    shutil.rmtree(local, ignore_errors=True)
+    logging.info("Profiled steps %d..%d into %s/plugins/profile.", self.first, self.last, self.workdir)
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -379,7 +419,7 @@ def train_and_evaluate(
     writer = MetricWriter(workdir, tensorboard=tensorboard)  # Reads metrics.jsonl: fails before writing.
     manager = checkpoint.make_manager(workdir, keep)
     try:
-      with checkpoint.PreemptionWatcher(trainer.mesh) as watcher:
+      with checkpoint.PreemptionWatcher() as watcher:
         return _train(trainer, workdir, writer, manager, watcher, config_json)
     finally:
       manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
@@ -418,10 +458,13 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
   pending, fetched = [], []  # (step, metrics) on the devices; metrics on the host, not yet logged.
   tick, tick_step, run_start = time.perf_counter(), start, time.perf_counter()
   eval_metrics = None
+  profiler = _StepProfiler(workdir, t.profile_steps, start, total)
   for step in range(start + 1, total + 1):
+    profiler.before(step)
     train_state, metrics = trainer.train_step(train_state, next(batches))
+    profiler.after(step, train_state)
     pending.append((step, metrics))
-    stop = watcher.stop_requested()
+    stop = watcher.stop_requested(step)
     save = step % config.checkpoint.every == 0 or step == total or stop
     log = step % t.log_every == 0 or step == total
     if save or log:
@@ -455,6 +498,7 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
     if save:
       checkpoint.save(manager, step, train_state)
     if stop:
+      profiler.close()
       logging.warning(
         "Preempted: saved the checkpoint of step %d in %s and stopped; run again to resume.",
         step,

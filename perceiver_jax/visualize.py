@@ -17,6 +17,7 @@ examples and heads): a map that spreads evenly over all pixels says little.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -205,7 +207,10 @@ def _show_map(ax, heat: np.ndarray, title: str) -> None:
 
 
 def _save(fig: Figure, path: str) -> str:
-  fig.savefig(path)
+  """Writes the PNG through epath, so that `path` may be on gs:// as well as on a local disk."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  epath.Path(path).write_bytes(buffer.getvalue())
   return path
 
 
@@ -304,7 +309,8 @@ def visualize_run(
   if not 0 < num_examples <= MAX_EXAMPLES:
     raise ValueError(f"--examples={num_examples} must be in 1..{MAX_EXAMPLES} (each example is a few PNGs).")
   config, state = run.config, run.state
-  os.makedirs(out_dir, exist_ok=True)
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
   examples = eval_examples(config, num_examples)
   keys = train.eval_example_keys(state.rng, examples.indices)
   attention = attention_maps(config, state.params, state.state, examples.images, keys)
@@ -313,14 +319,14 @@ def visualize_run(
   latents = [focused_latents(m, num_latents) for m in attention.maps]
   predictions = attention.logits.argmax(-1)
 
-  def rel(path):
-    return os.path.relpath(path, out_dir)
+  def rel(path):  # Every file is written directly into out_dir.
+    return epath.Path(path).name
 
   lines = [f"# Inside the Perceiver of `{workdir or 'a run'}` at step {run.step}", ""]
   m, i = config.model, config.input
-  results = os.path.join(workdir, "results.json") if workdir else None
+  results = epath.Path(workdir) / "results.json" if workdir else None
   accuracy = ""
-  if results and os.path.exists(results):
+  if results and results.exists():
     accuracy = f" Eval top-1 {run_files.read_json(results)['eval']['top1']:.1%}."
   lines += [
     f"{m.num_latents} latents x {m.latent_channels} channels, {m.num_cross_attends} cross-attend(s) with "
@@ -339,12 +345,12 @@ def visualize_run(
     "coloured from 0 to its own maximum, given in its title.",
     "",
   ]
-  overview = draw_overview(examples, attention, latents, os.path.join(out_dir, "overview.png"))
+  overview = draw_overview(examples, attention, latents, os.fspath(out / "overview.png"))
   lines += ["## Overview", "", f"![overview]({rel(overview)})", ""]
   for b in range(len(examples.labels)):
     label = f"example {b}: label {examples.labels[b]}, predicted {predictions[b]}"
     lines += [f"## {label.capitalize()}", ""]
-    path = draw_input(examples.images[b], label, os.path.join(out_dir, f"input_{b}.png"))
+    path = draw_input(examples.images[b], label, os.fspath(out / f"input_{b}.png"))
     lines += [f"![input {b}]({rel(path)})", ""]
     for a in attends:
       name = "first" if a == 0 else "last"
@@ -353,12 +359,12 @@ def visualize_run(
         attention.maps[a][b],
         latents[a],
         f"{label}; cross-attend {a + 1} of {k} ({name})",
-        os.path.join(out_dir, f"attention_{b}_cross_attend_{a + 1}.png"),
+        os.fspath(out / f"attention_{b}_cross_attend_{a + 1}.png"),
       )
       lines += [f"Cross-attend {a + 1} of {k} ({name}):", "", f"![attention {b} {a + 1}]({rel(path)})", ""]
   if i.position_encoding != "none":
     features = position_features(config, state.params)
-    path = draw_position_features(config, features, os.path.join(out_dir, "position_features.png"))
+    path = draw_position_features(config, features, os.fspath(out / "position_features.png"))
     lines += [
       "## Position features",
       "",
@@ -370,7 +376,6 @@ def visualize_run(
       f"![position features]({rel(path)})",
       "",
     ]
-  index = os.path.join(out_dir, "index.md")
-  with open(index, "w") as f:
-    f.write("\n".join(lines))
-  return index
+  index = out / "index.md"
+  index.write_text("\n".join(lines))
+  return os.fspath(index)

@@ -9,6 +9,7 @@ import os
 import sys
 
 from absl import app, flags
+from etils import epath
 
 from perceiver_jax import cli, visualize
 
@@ -31,7 +32,7 @@ def main(argv):
   except (FileNotFoundError, ValueError) as e:
     # One clear line, not a traceback: nothing is wrong with the code, only with the run asked for.
     sys.exit(f"visualize: {e}")
-  out = _OUT.value or os.path.join(workdir, "visualize")
+  out = _OUT.value or os.fspath(epath.Path(workdir) / "visualize")
   index = visualize.visualize_run(run, out, _EXAMPLES.value, _LATENTS.value, workdir=workdir)
   print(f"Wrote {index}")
 

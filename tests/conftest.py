@@ -9,6 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # libtpu (the test extra; tests/test_compile_tpu.py) takes a machine-wide lock when JAX starts it; test
 # workers side by side compile for TPU topologies with no TPU and need no exclusive access.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# The CPU backend only: with the installed libtpu's plugin loaded (no TPU here) jax.profiler segfaults.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402

@@ -106,7 +106,10 @@ def test_lowered_cost_analysis_matches_the_analytic_count(config_loader):
   # Unrolled and with the plain projections: XLA counts a scan body once, and folded cross-attention
   # projections do fewer products than the paper counts.
   config.model.update(
-    num_latents=64, latent_channels=128, num_self_attends_per_block=2, scan_repeats=False,
+    num_latents=64,
+    latent_channels=128,
+    num_self_attends_per_block=2,
+    scan_repeats=False,
     fold_cross_projections=False,
   )
   model, params, state, images, keys = flops._abstract_forward(config)

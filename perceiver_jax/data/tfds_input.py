@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 from perceiver_jax.data import augment
 
@@ -100,7 +101,7 @@ class _Source:
     _hide_gpus_from_tf()
     name, data_dir = config.dataset.name, config.dataset.data_dir
     download = config.dataset.get("download", False)
-    if data_dir is not None and not os.path.isdir(data_dir) and not download:
+    if data_dir is not None and not epath.Path(data_dir).is_dir() and not download:
       raise FileNotFoundError(
         f"dataset.data_dir={data_dir!r} does not exist. Set --config.dataset.data_dir to the TFDS data "
         f"directory that holds {name}/"
@@ -116,8 +117,8 @@ class _Source:
     if not builder.is_prepared():
       if download:
         if name == IMAGENET_NAME:
-          manual_dir = config.dataset.get("manual_dir", None) or os.path.join(
-            builder.data_dir_root, "downloads", "manual"
+          manual_dir = config.dataset.get("manual_dir", None) or os.fspath(
+            epath.Path(builder.data_dir_root) / "downloads" / "manual"
           )
           prepare_imagenet(manual_dir, str(builder.data_dir_root))
         else:
@@ -454,11 +455,11 @@ def prepare_imagenet(manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder
   Raises:
     FileNotFoundError: a tar is missing (the message says which, where, and how to get it).
   """
-  missing = [name for name in IMAGENET_TARS if not os.path.isfile(os.path.join(manual_dir, name))]
+  missing = [name for name in IMAGENET_TARS if not (epath.Path(manual_dir) / name).is_file()]
   if missing:
     raise FileNotFoundError(
       f"Expected {' and '.join(missing)} in --manual_dir={manual_dir!r} "
-      f"({os.path.abspath(manual_dir)}), but {'they are' if len(missing) > 1 else 'it is'} not there. "
+      f"({epath.Path(manual_dir).resolve()}), but {'they are' if len(missing) > 1 else 'it is'} not there. "
       + _IMAGENET_HOWTO
     )
   _hide_gpus_from_tf()
