@@ -275,3 +275,19 @@ def test_train_script_errors_are_one_line(reference, tmp_path):
   )
   verbose = cli("--config=configs/digits.py:runlocal", "--config.model.latent_chanels=3", "--verbose")
   assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_missing_config_file_and_data_dir_are_one_line(tmp_path):
+  workdir = tmp_path / "w"
+  missing = cli("--config=configs/no_such_config.py", f"--workdir={workdir}")
+  assert missing.returncode != 0 and "Traceback" not in missing.stderr
+  [line] = [x for x in missing.stderr.splitlines() if x.startswith("error: ")]
+  assert "configs/no_such_config.py" in line and "No such file" in line
+  nowhere = tmp_path / "nowhere"
+  no_data = cli(
+    "--config=configs/imagenet.py:runlocal", f"--config.dataset.data_dir={nowhere}", f"--workdir={workdir}"
+  )
+  assert no_data.returncode == 1 and "Traceback" not in no_data.stderr
+  [line] = [x for x in no_data.stderr.splitlines() if x.startswith("error: ")]
+  assert f"dataset.data_dir='{nowhere}' does not exist" in line and "prepare_imagenet.py" in line
+  assert not workdir.exists()  # Refused before the workdir was made.
