@@ -167,7 +167,7 @@ def _with_baselines(variants: dict) -> dict:
     )
 
   def reproduce(c):
-    # The miniature Table 2 (`perceiver_jax.reproduce`): 45 runs in 30 minutes on 2 CPU cores, so about
+    # The miniature Table 2 (`perceiver_jax.tools.reproduce`): 45 runs in 30 minutes on 2 CPU cores, so about
     # 40 s a run, half of it compiling. Batches of 32 learn more per example than 64 at this size.
     c.train.global_batch_size = 32
     c.train.num_steps = REPRODUCE_STEPS

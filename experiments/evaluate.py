@@ -8,7 +8,8 @@ import json
 
 from absl import flags
 
-from perceiver_jax import cli, distributed, train
+from perceiver_jax import cli
+from perceiver_jax.training import distributed, train
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory, as given to experiments/train.py.", required=True

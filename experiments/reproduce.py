@@ -12,7 +12,8 @@ import os
 import jax
 from absl import flags
 
-from perceiver_jax import cli, reproduce, tables
+from perceiver_jax import cli
+from perceiver_jax.tools import reproduce, tables
 
 _CONFIGS = {"digits": "digits.py"}
 _SUITE = flags.DEFINE_enum("suite", "digits", sorted(_CONFIGS), "Which suite of runs.")

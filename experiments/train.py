@@ -13,7 +13,8 @@ import os
 
 from absl import flags, logging
 
-from perceiver_jax import cli, distributed, train
+from perceiver_jax import cli
+from perceiver_jax.training import distributed, train
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "digits.py")
 _CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "Config file[:variants].")

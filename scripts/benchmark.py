@@ -13,7 +13,8 @@ peak_host_mb, xla_temp_mb and, on an accelerator, peak_device_mb.
 
 from ml_collections import config_flags
 
-from perceiver_jax import benchmark, cli
+from perceiver_jax import cli
+from perceiver_jax.tools import benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
 

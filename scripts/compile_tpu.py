@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from perceiver_jax import compile_tpu
+from perceiver_jax.tools import compile_tpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:8x8, v4:4x4x4, v5p:4x4x4.")

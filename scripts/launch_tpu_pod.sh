@@ -2,7 +2,7 @@
 # Runs experiments/train.py (or another entry point) on every host of a Cloud TPU VM pod slice.
 #
 # One `gcloud compute tpus tpu-vm ssh --worker=all` starts the same command on all hosts; each host runs one
-# process, and jax.distributed finds the others by itself (perceiver_jax.distributed.initialize detects
+# process, and jax.distributed finds the others by itself (perceiver_jax.training.distributed.initialize detects
 # the pod). The repository must already be at $REPO_DIR on every host and its Python environment made by
 # scripts/setup_tpu_vm.sh (see docs/scale_out.md); the workdir may be a gs:// path.
 #

@@ -3,12 +3,13 @@
   python scripts/make_tables.py --runs=workdirs/digits --runs=workdirs/imagenet --out=workdirs/tables
 
 Every directory under a `--runs` root that holds results.json and config.json is a run; see
-`perceiver_jax.tables` for which row each run fills. `--nogflops` skips counting FLOPs.
+`perceiver_jax.tools.tables` for which row each run fills. `--nogflops` skips counting FLOPs.
 """
 
 from absl import flags
 
-from perceiver_jax import cli, tables
+from perceiver_jax import cli
+from perceiver_jax.tools import tables
 
 _RUNS = flags.DEFINE_multi_string("runs", None, "Directory holding runs (searched recursively); repeatable.")
 _OUT = flags.DEFINE_string("out", None, "Where tables.md, the CSVs and the curves go.")

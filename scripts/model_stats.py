@@ -9,7 +9,8 @@ import json
 
 from ml_collections import config_flags
 
-from perceiver_jax import cli, flops
+from perceiver_jax import cli
+from perceiver_jax.tools import flops
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
 

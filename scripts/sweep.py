@@ -14,7 +14,8 @@ import sys
 
 from absl import flags
 
-from perceiver_jax import cli, sweep
+from perceiver_jax import cli
+from perceiver_jax.tools import sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file[:variants] of every run.", required=True)
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "An axis, key=value1,value2,...; repeat for more axes.")

@@ -11,7 +11,8 @@ import sys
 from absl import app, flags
 from etils import epath
 
-from perceiver_jax import cli, visualize
+from perceiver_jax import cli
+from perceiver_jax.tools import visualize
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory written by experiments/train.py.", required=True

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 from jax import lax
 
-from perceiver_jax import baselines, models
+from perceiver_jax import models
+from perceiver_jax.models import baselines
+from perceiver_jax.training import build
 
 
 def abstract_model(config, batch=2):
   """(param count, logits shape) of `config`'s model on a batch of images, traced, nothing executed."""
-  model = models.make_model(config)
+  model = build.make_model(config)
   size, channels = config.dataset.image_size, config.dataset.num_channels
   images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
   keys = jax.random.split(jax.random.PRNGKey(0), batch)
@@ -46,9 +48,9 @@ def test_transformer64_size_and_flops(config_loader):
   d, w, c, layers = 512, 4, 261, 12
   block = 4 * (d * d + d) + (d * w * d + w * d) + (w * d * d + d) + 2 * 2 * d  # attention, MLP, 2 norms
   assert count == (c * d + d) + layers * block + 2 * d + (d * 1000 + 1000)
-  flops = pytest.importorskip("perceiver_jax.flops")
+  flops = pytest.importorskip("perceiver_jax.tools.flops")
   if not hasattr(flops, "jaxpr_matmul_flops"):
-    pytest.skip("perceiver_jax.flops has no jaxpr_matmul_flops")
+    pytest.skip("perceiver_jax.tools.flops has no jaxpr_matmul_flops")
   tokens = jax.ShapeDtypeStruct((1, 64 * 64, c), jnp.float32)
   f = hk.transform(lambda t: baselines.Transformer(**config.model)(t, is_training=False))
   params = jax.eval_shape(f.init, jax.random.PRNGKey(0), tokens)
@@ -90,7 +92,7 @@ def numpy_variables(model, images):
 
 
 def logits_fn(config):
-  model = models.make_model(config)
+  model = build.make_model(config)
   return jax.jit(lambda p, s, x: model.apply(p, s, None, x, is_training=False)[0])
 
 
@@ -102,7 +104,7 @@ def logits_fn(config):
 def test_permuted_pixels_change_only_grid_models(arg, invariant, config_loader):
   raw = config_loader("digits", arg)
   images = np.random.default_rng(1).uniform(size=(4, 8, 8, 1)).astype(np.float32)
-  params, state = numpy_variables(models.make_model(raw), images)
+  params, state = numpy_variables(build.make_model(raw), images)
   logits_raw = logits_fn(raw)(params, state, images)
   logits_permuted = logits_fn(config_loader("digits", f"{arg},permuted"))(params, state, images)
   scale = float(jnp.max(jnp.abs(logits_raw)))
@@ -125,7 +127,7 @@ def test_patchify_then_linear_is_a_strided_convolution():
 
 
 def test_resnet_batchnorm_statistics_move_only_in_training(config_loader):
-  model = models.make_model(config_loader("digits", "resnet"))
+  model = build.make_model(config_loader("digits", "resnet"))
   images = np.random.default_rng(1).uniform(size=(4, 8, 8, 1)).astype(np.float32)
   params, state = numpy_variables(model, images)
   new_state = jax.jit(

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_jax import checkpoint, parallel
+from perceiver_jax.training import checkpoint, parallel, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -163,10 +163,10 @@ def test_preemption_watcher_turns_sigterm_into_a_stop_and_restores_the_handler()
 
 def test_load_run_of_a_missing_or_unfinished_workdir_says_so(tmp_path, config_loader):
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    checkpoint.load_run(str(tmp_path / "nothing"))
+    train.load_run(str(tmp_path / "nothing"))
   (tmp_path / "config.json").write_text(config_loader("digits", "runlocal").to_json_best_effort())
   with pytest.raises(FileNotFoundError, match="No readable checkpoint"):
-    checkpoint.load_run(str(tmp_path))
+    train.load_run(str(tmp_path))
 
 
 def test_sigterm_mid_run_then_restart_equals_uninterrupted_run(reference, tmp_path, cache_dir):
@@ -227,7 +227,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp
   results = json.loads((workdir / "results.json").read_text())
   assert results["params_checksum"] == ref["params_checksum"]
   # Step 12 was trained and saved again, readable this time.
-  run12 = checkpoint.load_run(str(workdir))
+  run12 = train.load_run(str(workdir))
   assert run12.step == 12 and checkpoint.params_checksum(run12.state.params) == ref["params_checksum"]
 
 
@@ -242,9 +242,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reference, tm
     "error: Non-finite training loss nan at step 6; the last checkpoint, of step 4, is kept" in done.stderr
   ), done.stderr[-3000:]
   assert steps(workdir) == [4] and not (workdir / "results.json").exists()
-  good = checkpoint.load_run(str(workdir))
+  good = train.load_run(str(workdir))
   assert good.step == 4
-  ref4 = checkpoint.load_run(str(ref_dir), step=4)
+  ref4 = train.load_run(str(ref_dir), step=4)
   assert checkpoint.params_checksum(good.state.params) == checkpoint.params_checksum(ref4.state.params)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good.state))
 

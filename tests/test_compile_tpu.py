@@ -7,7 +7,8 @@ import re
 import jax
 import pytest
 
-from perceiver_jax import compile_tpu, flops, parallel, train
+from perceiver_jax.tools import compile_tpu, flops
+from perceiver_jax.training import parallel, train
 
 FIELDS = (
   "topology", "chip", "chips", "devices_per_chip", "hosts", "per_chip_batch", "global_batch", "precision",

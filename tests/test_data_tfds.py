@@ -377,7 +377,7 @@ def test_flip_is_exact_and_fair():
 
 
 def test_train_and_evaluate_on_fake_imagenet(fake_imagenet, tmp_path):
-  from perceiver_jax import train
+  from perceiver_jax.training import train
 
   # The random permutation is the path with the most moving parts (per-example keys in train and eval).
   config = imagenet_config(fake_imagenet, "runlocal,permuted_random")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from test_checkpoint import ROOT, TINY, child_env, steps, train_command
 
-from perceiver_jax import checkpoint, distributed
+from perceiver_jax.training import distributed, train
 
 CONFIG = (
   f"--config=configs/digits.py:{TINY},num_steps=10,optimizer.name=sgd,learning_rate=0.1,"
@@ -110,9 +110,9 @@ def test_two_processes_agree_on_preemption_and_match_four_devices(tmp_path):
   assert ref_proc.wait(timeout=300) == 0, (tmp_path / "ref_log").read_text()[-3000:]
   ref_log.close()
   ref = json.loads((ref_dir / "results.json").read_text())
-  two, four = checkpoint.load_run(str(workdir)), checkpoint.load_run(str(ref_dir))
+  two, four = train.load_run(str(workdir)), train.load_run(str(ref_dir))
   assert two.step == four.step == 10
-  initial = checkpoint.load_run(str(ref_dir), step=4).state.params
+  initial = train.load_run(str(ref_dir), step=4).state.params
   moved = max(
     float(np.max(np.abs(a - b)))
     for a, b in zip(jax.tree.leaves(four.state.params), jax.tree.leaves(initial), strict=True)
@@ -168,7 +168,7 @@ def test_explicit_coordinator_starts_gloo_and_jax_distributed(monkeypatch):
 STARTUP = """
 import sys
 import ml_collections
-from perceiver_jax import distributed
+from perceiver_jax.training import distributed
 port, count, index, steps = sys.argv[1:]
 distributed.initialize(f"127.0.0.1:{port}", int(count), int(index), initialization_timeout=3)
 distributed.check_same_config(ml_collections.ConfigDict({"train": {"num_steps": int(steps)}, "seed": 0}))

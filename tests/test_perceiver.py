@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_jax import Perceiver, flops
+from perceiver_jax import Perceiver
+from perceiver_jax.tools import flops
 
 SMALL = dict(
   num_classes=7,

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from test_checkpoint import child_env, run
 
-from perceiver_jax import Perceiver, benchmark, dot_product_attention, flops, models
+from perceiver_jax import Perceiver, dot_product_attention
+from perceiver_jax.tools import benchmark, flops
+from perceiver_jax.training import build
 
 
 def randomize(params, seed=1):
@@ -154,13 +156,13 @@ def bench_config(config_loader, arg="runlocal"):
 def test_bfloat16_logits_agree_with_float32(config_loader):
   config = bench_config(config_loader)
   images = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3))
-  f32 = models.make_model(config)
+  f32 = build.make_model(config)
   params, state = jax.eval_shape(lambda: f32.init(jax.random.PRNGKey(0), images, is_training=False))
   params = randomize(params)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   want = jax.jit(lambda p: f32.apply(p, state, None, images, is_training=False)[0])(params)
   config.precision = "bfloat16"
-  bf16 = models.make_model(config)
+  bf16 = build.make_model(config)
   got = jax.jit(lambda p: bf16.apply(p, state, None, images, is_training=False)[0])(params)
   assert got.dtype == jnp.float32  # Logits come back in float32 for the loss.
   scale = float(jnp.std(want))

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from perceiver_jax import position_encoding as pe
+from perceiver_jax.models import position_encoding as pe
 
 
 def numpy_fourier(positions, num_bands, max_resolution):

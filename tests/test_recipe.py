@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from perceiver_jax import attention, optim
+from perceiver_jax.models import attention
+from perceiver_jax.training import optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_jax import attention
+from perceiver_jax.models import attention
 
 
 def _cross(params, latents, inputs, mask, platform, **kwargs):

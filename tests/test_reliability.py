@@ -19,7 +19,9 @@ import pytest
 from conftest import ROOT, load_config
 from test_checkpoint import child_env
 
-from perceiver_jax import checkpoint, config_args, parallel, run_files, sweep, tables, train, visualize
+from perceiver_jax import config_args
+from perceiver_jax.tools import sweep, tables, visualize
+from perceiver_jax.training import checkpoint, parallel, run_files, train
 
 TINY = (
   "runlocal,num_latents=8,latent_channels=16,num_cross_attends=1,num_latent_transformers=1,"
@@ -94,7 +96,7 @@ def test_missing_item_directory_and_torn_metrics_line_resume_bit_identical(refer
   assert len(unreadable) == 1 and "12/default is missing" in unreadable[0].getMessage()
   assert any("torn last line 5 of" in r.getMessage() for r in caplog.records)
   assert not any("Event loop is closed" in r.getMessage() for r in caplog.records)
-  run = checkpoint.load_run(str(workdir))
+  run = train.load_run(str(workdir))
   assert run.step == 12 and checkpoint.params_checksum(run.state.params) == results["params_checksum"]
 
 
@@ -119,7 +121,7 @@ def test_damaged_newest_checkpoint_leaves_the_manager_able_to_restore_and_save(r
   try:
     state, step = checkpoint.restore_latest(manager, target, move_aside_corrupt=True)
     assert step == 8
-    ref8 = checkpoint.load_run(str(reference[0]), step=8)
+    ref8 = train.load_run(str(reference[0]), step=8)
     assert checkpoint.params_checksum(state.params) == checkpoint.params_checksum(ref8.state.params)
     checkpoint.save(manager, 12, state)  # Failed with "Must provide `args` of type `Composite`".
     manager.wait_until_finished()

@@ -8,7 +8,8 @@ import sys
 import pytest
 from test_checkpoint import ROOT, TINY, child_env
 
-from perceiver_jax import checkpoint, sweep
+from perceiver_jax.tools import sweep
+from perceiver_jax.training import checkpoint
 
 
 def test_parse_axis_keeps_bracketed_and_quoted_commas_together():

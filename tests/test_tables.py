@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from perceiver_jax import reproduce, tables
+from perceiver_jax.tools import reproduce, tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -183,7 +183,7 @@ def test_perceiver_runs_go_to_their_ablation_rows_only(tmp_path):
 
 def test_cell_mean_and_spread_are_the_sample_statistics():
   values = [0.91, 0.935, 0.97]
-  cell = tables.Cell(tuple(tables.Run("", {}, {"eval": {"top1": v}}) for v in values))
+  cell = tables.Cell(tuple(tables.FinishedRun("", {}, {"eval": {"top1": v}}) for v in values))
   assert cell.n == 3
   assert cell.mean == pytest.approx(100 * statistics.mean(values))
   assert cell.std == pytest.approx(100 * statistics.stdev(values))
@@ -203,7 +203,7 @@ def test_write_report_writes_markdown_csv_and_curves(digits_runs, tmp_path):
   assert rows[("ViT-B-16 (FF)", "random")]["paper_top1"] == ""
   with open(os.path.join(out, "curves_digits.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  run = tables.load_run(os.path.join(digits_runs, "p0"))
+  run = tables.load_finished_run(os.path.join(digits_runs, "p0"))
   assert run.curve() == ([50, 100], [80.0, 97.0])
 
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_jax import data, parallel, train
+from perceiver_jax import data
+from perceiver_jax.training import parallel, train
 
 
 def step_config(config_loader, arg="permuted_random"):

@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from perceiver_jax import checkpoint, data, models, train, visualize
+from perceiver_jax import data
+from perceiver_jax.tools import visualize
+from perceiver_jax.training import build, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_IMAGES = 4
@@ -39,7 +41,7 @@ def trained_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(trained_run):
   """(run, images, their eval keys, the maps of the unpermuted images) of the trained run."""
-  run = checkpoint.load_run(trained_run)
+  run = train.load_run(trained_run)
   examples = visualize.eval_examples(run.config, NUM_IMAGES)
   keys = train.eval_example_keys(run.state.rng, examples.indices)
   reference = visualize.attention_maps(
@@ -58,7 +60,7 @@ def with_permutation(config, permutation):
 def test_attention_weights_are_distributions_and_cost_nothing_when_not_asked(loaded):
   run, images, keys, _ = loaded
   config, params, state = run.config, run.state.params, run.state.state
-  model = models.make_model(config)
+  model = build.make_model(config)
 
   def asked_fn(p, x, k):
     return model.apply(p, state, None, x, is_training=False, example_keys=k, return_attention=True)[0]

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_jax import flops, parallel, train
+from perceiver_jax.tools import flops
+from perceiver_jax.training import parallel, train
 
 # Backward is about twice the forward's matmuls: the usual convention for model FLOPs of a train step.
 TRAIN_FLOPS_PER_FORWARD = 3

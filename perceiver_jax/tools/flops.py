@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.extend import core as jex_core
 
-from perceiver_jax import models
+from perceiver_jax.training import build
 
 
 def perceiver_forward_flops(
@@ -77,7 +77,7 @@ def jaxpr_matmul_flops(fn, *args, **kwargs) -> int:
 
 
 def _abstract_forward(config: ml_collections.ConfigDict):
-  model = models.make_model(config)
+  model = build.make_model(config)
   size, ch = config.dataset.image_size, config.dataset.num_channels
   images = jax.ShapeDtypeStruct((1, size, size, ch), jnp.float32)
   keys = jax.ShapeDtypeStruct((1,), jax.random.key(0).dtype)
@@ -113,7 +113,7 @@ def _front_end_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
   size, ch = config.dataset.image_size, config.dataset.num_channels
 
   def tokens(x):
-    return models.front_end(config)(x, example_keys=jax.random.split(jax.random.PRNGKey(0), 1))
+    return build.front_end(config)(x, example_keys=jax.random.split(jax.random.PRNGKey(0), 1))
 
   f = hk.transform(tokens)
   x = jax.ShapeDtypeStruct((1, size, size, ch), jnp.float32)

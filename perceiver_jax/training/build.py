@@ -16,21 +16,11 @@ import haiku as hk
 import jax
 import ml_collections
 
-from perceiver_jax import attention, precision
-from perceiver_jax.perceiver import Perceiver
-from perceiver_jax.preprocess import ImageFrontEnd
-
-MODELS: dict[str, type[hk.Module]] = {"perceiver": Perceiver}
-
-
-def register_model(name: str, cls: type[hk.Module]) -> None:
-  MODELS[name] = cls
+from perceiver_jax.front_ends.images import ImageFrontEnd
+from perceiver_jax.models import MODELS, attention, precision
 
 
 def _model_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
-  # Baselines register themselves on import; importing here keeps this module the one entry point.
-  from perceiver_jax import baselines  # noqa: F401
-
   if config.model_name not in MODELS:
     raise ValueError(
       f"model_name={config.model_name!r} is unknown; known models: {', '.join(sorted(MODELS))}."

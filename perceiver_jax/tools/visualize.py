@@ -3,7 +3,7 @@
 Axes: B examples, H heads, N latents, M input tokens (pixels), P position channels; the image grid is
 [h, w] with M = h * w (the front end's grid: the image, or its `resize_to` version).
 
-`visualize_run(load(workdir), out_dir)` takes a finished run (`checkpoint.load_run`), feeds the first
+`visualize_run(load(workdir), out_dir)` takes a finished run (`train.load_run`), feeds the first
 few evaluation images exactly as `train.eval_step` does (same per-example keys, hence the same `random`
 permutation), and writes PNGs plus an `index.md` that ties them together:
 - the input images;
@@ -31,7 +31,8 @@ from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from perceiver_jax import checkpoint, data, models, run_files, train
+from perceiver_jax import data
+from perceiver_jax.training import build, run_files, train
 
 NUM_LATENTS = 8
 # Panels per cross-attend in the one-figure overview (the per-example figures show NUM_LATENTS).
@@ -86,7 +87,7 @@ def eval_examples(config: ml_collections.ConfigDict, count: int, distinct_labels
 
 def _front_end(config: ml_collections.ConfigDict, fn, params=None):
   """fn(front end) inside a Haiku transform, with the run's parameters (for a learned encoding)."""
-  return hk.transform(lambda: fn(models.front_end(config))).apply(params or {}, None)
+  return hk.transform(lambda: fn(build.front_end(config))).apply(params or {}, None)
 
 
 def grid_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -114,7 +115,7 @@ def attention_maps(config: ml_collections.ConfigDict, params, state, images, exa
   """
   if config.model_name != "perceiver":
     raise ValueError(f"Attention maps need a Perceiver run; this run's model_name={config.model_name!r}.")
-  model = models.make_model(config)
+  model = build.make_model(config)
   shape = grid_shape(config)
 
   @jax.jit  # One compile for the model, the permutations and their inverses.
@@ -286,9 +287,9 @@ def draw_overview(examples: Examples, attention: Attention, latents: list[np.nda
 # ----- the run
 
 
-def load(workdir: str) -> checkpoint.Run:
+def load(workdir: str) -> train.Run:
   """The finished run in `workdir`; FileNotFoundError or ValueError (not a Perceiver) with a clear message."""
-  run = checkpoint.load_run(workdir)
+  run = train.load_run(workdir)
   if run.config.model_name != "perceiver":
     raise ValueError(
       f"{workdir} holds a {run.config.model_name!r} run; attention maps need model_name='perceiver'."
@@ -297,7 +298,7 @@ def load(workdir: str) -> checkpoint.Run:
 
 
 def visualize_run(
-  run: checkpoint.Run,
+  run: train.Run,
   out_dir: str,
   num_examples: int = 4,
   num_latents: int = NUM_LATENTS,

@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from perceiver_jax import tables
+from perceiver_jax.tools import tables
 
 # (directory name, variant words) of the models and permutations of a suite; "" is the config's default.
 SUITES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {
@@ -84,7 +84,7 @@ def run_suite(
     The tables as Markdown.
   """
   if train_fn is None:
-    from perceiver_jax.train import train_and_evaluate as train_fn
+    from perceiver_jax.training.train import train_and_evaluate as train_fn
   runs = suite_runs(suite, seeds, models, extra)
   start = time.perf_counter()
   for i, (name, arg) in enumerate(runs):

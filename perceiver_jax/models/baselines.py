@@ -6,7 +6,7 @@ grid, T patches, D model width.
 Every baseline takes the front end's tokens [B, M, C] in the order they come. The grid models (ResNet, ViT)
 reshape them to the grid in that order: under a permutation they see scrambled images, which is what the
 permuted-ImageNet experiment measures. The Transformer attends over all tokens with no grid assumption.
-Importing this module registers the models in `models.MODELS` as `resnet50`, `vit` and `transformer`.
+The registry (`perceiver_jax.models.MODELS`) names them `resnet50`, `vit` and `transformer`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from collections.abc import Sequence
 import haiku as hk
 import jax.numpy as jnp
 
-from perceiver_jax import models
-from perceiver_jax.attention import SelfAttentionBlock, layer_norm
-from perceiver_jax.config_args import check_positive
+from perceiver_jax.models.attention import SelfAttentionBlock, layer_norm
+from perceiver_jax.models.checks import check_positive
 
 POOLS = ("token", "mean")
 
@@ -274,8 +273,3 @@ class Transformer(hk.Module):
     x = hk.Linear(self.width, name="embedding")(tokens)  # [B, M, D]
     x = _encoder(x, self.num_layers, self.num_heads, self.widening_factor, self.dropout_rate, is_training)
     return _head(jnp.mean(x, axis=1), self.num_classes)  # [B, num_classes]
-
-
-models.register_model("resnet50", ResNet)
-models.register_model("vit", ViT)
-models.register_model("transformer", Transformer)

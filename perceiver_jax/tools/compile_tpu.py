@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from perceiver_jax import benchmark, flops, parallel, train
+from perceiver_jax.tools import benchmark, flops
+from perceiver_jax.training import parallel, train
 
 GB = 1e9
 # HBM per chip in GB (10^9 bytes) by `device_kind`, from the chips' published figures.

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,21 +28,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, Sharding
 
-from perceiver_jax import run_files
-
-if TYPE_CHECKING:
-  from perceiver_jax.train import TrainState
+from perceiver_jax.training import run_files
 
 CHECKPOINTS = "checkpoints"
 CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
-
-
-class Run(NamedTuple):
-  """A run loaded from its workdir: its config and the train state of one checkpoint."""
-
-  config: ml_collections.ConfigDict
-  state: TrainState  # Arrays on this process's first device, usable without a mesh.
-  step: int
 
 
 def _host(x) -> np.ndarray:
@@ -121,7 +110,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config_from_json(tree)
 
 
-def _directory(workdir: str) -> epath.Path:
+def directory(workdir: str) -> epath.Path:
   path = epath.Path(workdir) / CHECKPOINTS
   # orbax wants absolute paths; gs:// and other remote paths already are.
   return path if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
@@ -140,7 +129,7 @@ def make_manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.Ch
     read_only=read_only,
     enable_async_checkpointing=not read_only,
   )
-  return ocp.CheckpointManager(_directory(workdir), options=options)
+  return ocp.CheckpointManager(directory(workdir), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, train_state: Any) -> None:
@@ -315,42 +304,6 @@ def restore_latest(
   if moved:
     manager.reload()
   return None, None
-
-
-def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = None) -> Run:
-  """The config and the train state of the latest (or the given) checkpoint of the run in `workdir`.
-
-  By default the arrays live on this process's first device, so they serve any single-device use
-  without a mesh; `sharding` lays them out otherwise (e.g. replicated over a mesh).
-
-  Raises:
-    FileNotFoundError: no config.json in `workdir`, or no readable checkpoint (of `step`) there.
-  """
-  # Imported here: the train module saves checkpoints through this one.
-  from perceiver_jax import models, optim, train
-
-  config = load_config(workdir)
-  model = models.make_model(config)
-  # The optimizer's state has the same structure whatever the schedule's length.
-  optimizer, _ = optim.make_optimizer(config, 1, 1)
-  target = abstract_state(
-    lambda: train.init_state(config, model, optimizer),
-    sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
-  )
-  manager = make_manager(workdir, read_only=True) if _directory(workdir).exists() else None
-  available = list(manager.all_steps()) if manager else []
-  if step is not None and step not in available:
-    raise FileNotFoundError(f"No checkpoint of step {step} in {workdir}; it has steps {available}.")
-  state, restored = (None, None)
-  if available:
-    state, restored = restore_latest(manager, target, steps=None if step is None else [step])
-    manager.close()
-  if state is None:
-    raise FileNotFoundError(
-      f"No readable checkpoint in {_directory(workdir)} (steps found: {available}); the run has not saved "
-      "one yet (it saves every config.checkpoint.every steps, at the end and when preempted)."
-    )
-  return Run(config, state, restored)
 
 
 class PreemptionWatcher:

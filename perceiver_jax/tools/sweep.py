@@ -133,7 +133,7 @@ def validate(runs: Sequence[SweepRun]) -> None:
   # Imported here: planning and printing a sweep need no JAX.
   import jax
 
-  from perceiver_jax import models, optim, train
+  from perceiver_jax.training import build, optim, train
 
   for run in runs:
     config = next(a for a in run.args if a.startswith("--config="))[len("--config=") :]
@@ -148,7 +148,7 @@ def validate(runs: Sequence[SweepRun]) -> None:
       for key, value in _overrides(run.args):
         config_args.set_path(built, key, value)
       train.validate_config(built)
-      model = models.make_model(built)
+      model = build.make_model(built)
       optimizer, _ = optim.make_optimizer(built, 1, 1)
       jax.eval_shape(functools.partial(train.init_state, built, model, optimizer))
     except (ValueError, TypeError, KeyError, AttributeError) as e:

@@ -22,7 +22,7 @@ from typing import Any
 from absl import logging
 from etils import epath
 
-from perceiver_jax import run_files
+from perceiver_jax.training import run_files
 
 DASH = "—"
 PERMUTATIONS = ("none", "fixed", "random")
@@ -35,7 +35,7 @@ Config = Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class FinishedRun:
   """One finished run: its directory, resolved config, results and logged metrics."""
 
   path: str
@@ -89,7 +89,7 @@ class Table:
 class Cell:
   """The runs of one row and column: n, mean and sample standard deviation of top-1 (percent)."""
 
-  runs: tuple[Run, ...]
+  runs: tuple[FinishedRun, ...]
 
   @property
   def n(self) -> int:
@@ -243,7 +243,7 @@ ABLATION_DATASET = "imagenet2012"
 # Filling and rendering ------------------------------------------------------------------------------
 
 
-def fill(table: Table, runs: Iterable[Run], dataset: str) -> dict[tuple[str, str], Cell]:
+def fill(table: Table, runs: Iterable[FinishedRun], dataset: str) -> dict[tuple[str, str], Cell]:
   """(row name, permutation) -> the cell of `dataset`'s runs that match the row."""
   runs = [r for r in runs if r.dataset == dataset]
   return {
@@ -253,7 +253,7 @@ def fill(table: Table, runs: Iterable[Run], dataset: str) -> dict[tuple[str, str
   }
 
 
-def _row_runs(table: Table, row: Row, cells: Mapping[tuple[str, str], Cell]) -> list[Run]:
+def _row_runs(table: Table, row: Row, cells: Mapping[tuple[str, str], Cell]) -> list[FinishedRun]:
   return [r for col in table.columns for r in cells[(row.name, col)].runs]
 
 
@@ -269,7 +269,7 @@ def _measured(cell: Cell) -> str:
   return f"{cell.mean:.1f} ± {cell.std:.1f} (n={cell.n})"
 
 
-def _params(runs: Sequence[Run]) -> int | None:
+def _params(runs: Sequence[FinishedRun]) -> int | None:
   # Runs of one row differ only in seed and permutation, so in nothing that changes the count.
   counts = [int(r.results["params"]) for r in runs if "params" in r.results]
   return counts[0] if counts else None
@@ -295,7 +295,7 @@ def config_gflops(config: Config) -> float | None:
   """Forward GFLOPs per example of a run's model (from its config.json), counted by `flops`, nothing run."""
   import ml_collections
 
-  from perceiver_jax import flops
+  from perceiver_jax.tools import flops
 
   key = json.dumps(config, sort_keys=True)
   if key not in _GFLOPS_CACHE:  # Tracing a model takes seconds; every table asks for the same rows.
@@ -307,7 +307,7 @@ def config_gflops(config: Config) -> float | None:
   return _GFLOPS_CACHE[key]
 
 
-def _gflops(runs: Sequence[Run], gflops_fn: GflopsFn | None) -> float | None:
+def _gflops(runs: Sequence[FinishedRun], gflops_fn: GflopsFn | None) -> float | None:
   return gflops_fn(runs[0].config) if runs and gflops_fn else None
 
 
@@ -381,7 +381,7 @@ def render_csv(
   return out.getvalue()
 
 
-def row_name(run: Run) -> str | None:
+def row_name(run: FinishedRun) -> str | None:
   """The first Table 1 or 2 row that `run` belongs to, or None."""
   for table in tables():
     if table.ablation:
@@ -395,7 +395,7 @@ def row_name(run: Run) -> str | None:
 # Runs on disk ---------------------------------------------------------------------------------------
 
 
-def load_run(path: str) -> Run:
+def load_finished_run(path: str) -> FinishedRun:
   """The run in directory `path`; run_files.RunFileError names a file that is unreadable or lacks a field."""
   root = epath.Path(path)
   results = run_files.read_json(root / run_files.RESULTS)
@@ -408,10 +408,10 @@ def load_run(path: str) -> Run:
       f"{root} is not a finished run: its results.json or config.json lacks {e} (or holds a bad value)."
     ) from e
   metrics = run_files.read_jsonl(root / run_files.METRICS)
-  return Run(path, config, results, tuple(metrics))
+  return FinishedRun(path, config, results, tuple(metrics))
 
 
-def find_runs(roots: Iterable[str], missing_ok: bool = False) -> list[Run]:
+def find_runs(roots: Iterable[str], missing_ok: bool = False) -> list[FinishedRun]:
   """Every finished run (a directory with results.json and config.json) under `roots`, sorted by path.
 
   A run that cannot be read is skipped with a warning naming it.
@@ -432,13 +432,15 @@ def find_runs(roots: Iterable[str], missing_ok: bool = False) -> list[Run]:
   runs = []
   for path in sorted(paths):
     try:
-      runs.append(load_run(path))
+      runs.append(load_finished_run(path))
     except run_files.RunFileError as e:
       logging.warning("Skipping the run in %s: %s", path, e)
   return runs
 
 
-def report(runs: Sequence[Run], gflops_fn: GflopsFn | None = None) -> list[tuple[str, Table, str, str]]:
+def report(
+  runs: Sequence[FinishedRun], gflops_fn: GflopsFn | None = None
+) -> list[tuple[str, Table, str, str]]:
   """(dataset, table, Markdown, CSV) for Tables 1 and 2 of every dataset with runs (ImageNet if none) and
   for each ablation table with at least one ImageNet run."""
   datasets = sorted({r.dataset for r in runs}) or [ABLATION_DATASET]
@@ -459,7 +461,7 @@ def report(runs: Sequence[Run], gflops_fn: GflopsFn | None = None) -> list[tuple
   return out
 
 
-def plot_curves(runs: Sequence[Run], path: str, title: str = "") -> None:
+def plot_curves(runs: Sequence[FinishedRun], path: str, title: str = "") -> None:
   """Eval top-1 against step, one panel per permutation, one line per run coloured by its row."""
   import matplotlib
 
@@ -495,7 +497,7 @@ def plot_curves(runs: Sequence[Run], path: str, title: str = "") -> None:
   plt.close(fig)
 
 
-def write_report(runs: Sequence[Run], out_dir: str, gflops_fn: GflopsFn | None = None) -> str:
+def write_report(runs: Sequence[FinishedRun], out_dir: str, gflops_fn: GflopsFn | None = None) -> str:
   """Writes tables.md, one CSV per table and dataset, and curves_<dataset>.png; returns the Markdown."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ them themselves):
   k = x W_k and v = x W_v, q k^T = (q W_k^T) x^T and p v = (p x) W_v, so the [M, C] x [C, Q] projections
   of all M inputs become [N, Q] x [Q, C] products on the N latents (`fold_projections`).
 
-Per backend (`kernels_for(platform)`, which `models.make_model` applies for the platform it is traced for):
+Per backend (`kernels_for(platform)`, which `build.make_model` applies for the platform it is traced for):
 on a CPU, attention is laid out for XLA:CPU's matmul library with its own backward (`_attend`), and dense
 layers have their own backward (`_matmul`: the weight gradient x^T dy transposes the narrower operand,
 held by `lax.optimization_barrier`), both measured faster there (docs/performance.md). On TPU and GPU the

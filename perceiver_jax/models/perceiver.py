@@ -30,8 +30,8 @@ from __future__ import annotations
 import haiku as hk
 import jax.numpy as jnp
 
-from perceiver_jax.attention import ATTENTION_IMPLS, CrossAttentionBlock, SelfAttentionBlock, normalize
-from perceiver_jax.config_args import check_positive
+from perceiver_jax.models.attention import ATTENTION_IMPLS, CrossAttentionBlock, SelfAttentionBlock, normalize
+from perceiver_jax.models.checks import check_positive
 
 LAYOUTS = ("interleaved", "start")
 

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 from etils import epath
 
-from perceiver_jax import run_files
+from perceiver_jax.training import run_files
 
 
 class MetricWriter:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_jax import position_encoding as pe
+from perceiver_jax.models import position_encoding as pe
 
 POSITION_ENCODINGS = ("fourier", "learned", "none")
 PERMUTATIONS = ("none", "fixed", "random")

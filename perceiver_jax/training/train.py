@@ -27,9 +27,11 @@ import optax
 from absl import logging
 from etils import epath
 from jax import lax
+from jax.sharding import Sharding
 
-from perceiver_jax import checkpoint, config_args, data, models, optim, parallel, run_files
-from perceiver_jax.metric_writer import MetricWriter
+from perceiver_jax import config_args, data
+from perceiver_jax.training import build, checkpoint, optim, parallel, run_files
+from perceiver_jax.training.metric_writer import MetricWriter
 
 # Folded into a step's key to derive independent streams.
 _DROPOUT, _EXAMPLES, _EVAL = 1, 2, 3
@@ -177,7 +179,7 @@ class Trainer:
     total_steps: int | None = None,
     platform: str | None = None,
   ):
-    """`platform`: whose kernels the model is traced with (models.make_model); None: the mesh's devices'."""
+    """`platform`: whose kernels the model is traced with (build.make_model); None: the mesh's devices'."""
     validate_config(config)
     self.config = config
     self.mesh = mesh or parallel.make_mesh()
@@ -186,7 +188,7 @@ class Trainer:
         raise ValueError(
           f"train.{name}={config.train[name]} must be a multiple of the {self.mesh.size} devices."
         )
-    self.model = models.make_model(config, platform or self.mesh.devices.flat[0].platform)
+    self.model = build.make_model(config, platform or self.mesh.devices.flat[0].platform)
     self.steps_per_epoch, self.total_steps = (
       schedule_length(config) if total_steps is None else (1, total_steps)
     )
@@ -536,6 +538,49 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
   return results
 
 
+class Run(NamedTuple):
+  """A run loaded from its workdir: its config and the train state of one checkpoint."""
+
+  config: ml_collections.ConfigDict
+  state: TrainState  # Arrays on this process's first device, usable without a mesh.
+  step: int
+
+
+def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = None) -> Run:
+  """The config and the train state of the latest (or the given) checkpoint of the run in `workdir`.
+
+  By default the arrays live on this process's first device, so they serve any single-device use
+  without a mesh; `sharding` lays them out otherwise (e.g. replicated over a mesh).
+
+  Raises:
+    FileNotFoundError: no config.json in `workdir`, or no readable checkpoint (of `step`) there.
+  """
+  config = checkpoint.load_config(workdir)
+  model = build.make_model(config)
+  # The optimizer's state has the same structure whatever the schedule's length.
+  optimizer, _ = optim.make_optimizer(config, 1, 1)
+  target = checkpoint.abstract_state(
+    lambda: init_state(config, model, optimizer),
+    sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+  )
+  manager = (
+    checkpoint.make_manager(workdir, read_only=True) if checkpoint.directory(workdir).exists() else None
+  )
+  available = list(manager.all_steps()) if manager else []
+  if step is not None and step not in available:
+    raise FileNotFoundError(f"No checkpoint of step {step} in {workdir}; it has steps {available}.")
+  state, restored = (None, None)
+  if available:
+    state, restored = checkpoint.restore_latest(manager, target, steps=None if step is None else [step])
+    manager.close()
+  if state is None:
+    raise FileNotFoundError(
+      f"No readable checkpoint in {checkpoint.directory(workdir)} (steps found: {available}); the run "
+      "has not saved one yet (it saves every config.checkpoint.every steps, at the end and when preempted)."
+    )
+  return Run(config, state, restored)
+
+
 def evaluate_run(workdir: str) -> dict[str, Any]:
   """Evaluates the latest checkpoint of the run in `workdir`; process 0 writes eval_results.json.
 
@@ -543,7 +588,7 @@ def evaluate_run(workdir: str) -> dict[str, Any]:
     FileNotFoundError: `workdir` holds no run or no readable checkpoint.
   """
   trainer = Trainer(checkpoint.load_config(workdir))
-  run = checkpoint.load_run(workdir, sharding=parallel.replicated(trainer.mesh))
+  run = load_run(workdir, sharding=parallel.replicated(trainer.mesh))
   eval_metrics = trainer.evaluate(run.state)
   results = {
     "eval": eval_metrics,

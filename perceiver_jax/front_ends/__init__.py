@@ -1,0 +1,1 @@
+"""Front ends: raw inputs of one modality -> tokens [B, M, C] (position features, permutation)."""

@@ -1,0 +1,1 @@
+"""Tools around runs: FLOPs, benchmarks, the TPU compile, tables, pictures, sweeps and the miniature."""

@@ -1,0 +1,1 @@
+"""Training: the config-to-model glue, state, pmap-style steps, the loop, checkpoints, mesh and run files."""
