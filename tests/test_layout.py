@@ -12,8 +12,8 @@ MAY_IMPORT = {
   "models": set(),
   "front_ends": {"models"},
   "data": set(),
-  "config_args": {"models"},
-  "cli": {"config_args", "models"},
+  "config_args": set(),
+  "cli": {"config_args"},
   "training": {"models", "front_ends", "data", "config_args"},
   "tools": {"models", "front_ends", "data", "config_args", "training", "cli"},
 }

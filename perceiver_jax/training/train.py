@@ -29,7 +29,8 @@ from etils import epath
 from jax import lax
 from jax.sharding import Sharding
 
-from perceiver_jax import config_args, data
+from perceiver_jax import data
+from perceiver_jax.models.checks import check_positive
 from perceiver_jax.training import build, checkpoint, optim, parallel, run_files
 from perceiver_jax.training.metric_writer import MetricWriter
 
@@ -244,11 +245,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the fields the loop relies on; model fields are checked by the modules themselves."""
   t = config.train
   names = ("global_batch_size", "eval_batch_size", "log_every", "eval_every")
-  config_args.check_positive("train.", **{name: t[name] for name in names})
+  check_positive("train.", **{name: t[name] for name in names})
   if (t.num_steps is None) == (t.get("num_epochs") is None):
     raise ValueError(f"Set exactly one of train.num_steps={t.num_steps} and train.num_epochs={t.num_epochs}.")
   if t.num_steps is not None:
-    config_args.check_positive("train.", num_steps=t.num_steps)
+    check_positive("train.", num_steps=t.num_steps)
   if t.get("num_epochs") is not None and t.num_epochs <= 0:
     raise ValueError(f"train.num_epochs={t.num_epochs!r} must be positive.")
   if t.profile_steps < 0:
@@ -399,7 +400,7 @@ def train_and_evaluate(
   """
   trainer = Trainer(config)
   every, keep = config.checkpoint.every, config.checkpoint.keep
-  config_args.check_positive("checkpoint.", every=every, keep=keep)
+  check_positive("checkpoint.", every=every, keep=keep)
   root = epath.Path(workdir)
   if root.exists() and not root.is_dir():
     raise NotADirectoryError(
