@@ -7,11 +7,12 @@ import haiku as hk
 import jax
 import numpy as np
 
+from perceiver_jax.front_ends import images as image_front_end
 from perceiver_jax.training import build
 
 
 def tokens(config, images, keys=None):
-  f = hk.transform(lambda x, k: build.front_end(config)(x, example_keys=k))
+  f = hk.transform(lambda x, k: build.front_end(config)(x, example_keys=k)[0])
   return np.asarray(jax.jit(f.apply)(None, None, images, keys))
 
 
@@ -26,13 +27,13 @@ def test_fixed_permutation_is_the_same_everywhere(config_loader):
   config, raw_config = config_loader("digits", "permuted"), config_loader("digits")
   images = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 1))
   order = find_order(tokens(config, images), tokens(raw_config, images))
-  expected = images.fixed_permutation(64, config.input.permutation_seed)
+  expected = image_front_end.fixed_permutation(64, config.input.permutation_seed)
   assert not np.array_equal(expected, np.arange(64))
   np.testing.assert_array_equal(order, np.broadcast_to(expected, (4, 64)))  # Same for every example.
   other = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 1))  # Another batch (train or eval alike).
   np.testing.assert_array_equal(find_order(tokens(config, other), tokens(raw_config, other))[0], expected)
   # Another process (another host, or a restart) draws the very same permutation from the seed.
-  code = "from perceiver_jax import preprocess; print(images.fixed_permutation(64, 0).tolist())"
+  code = "from perceiver_jax.front_ends import images; print(images.fixed_permutation(64, 0).tolist())"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
   assert eval(out) == expected.tolist()  # noqa: S307 (our own subprocess's list literal)
 
@@ -43,7 +44,7 @@ def test_random_permutation_differs_per_example_and_keeps_features(config_loader
   keys = jax.random.split(jax.random.PRNGKey(3), 4)
   order = find_order(tokens(config, images, keys), tokens(raw_config, images))
   assert len({tuple(row) for row in order}) == 4  # A different permutation for every example.
-  np.testing.assert_array_equal(order, np.asarray(images.random_permutations(keys, 64)))
+  np.testing.assert_array_equal(order, np.asarray(image_front_end.random_permutations(keys, 64)))
   # The same key gives the same permutation: per-example randomness is reproducible.
   np.testing.assert_array_equal(order, find_order(tokens(config, images, keys), tokens(raw_config, images)))
 
