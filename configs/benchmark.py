@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     remat=False,
   )
   c.input = dict(
+    front_end="image",  # front_ends.FRONT_ENDS: what turns the batches' `inputs` into tokens
     position_encoding="fourier",
     num_bands=32,
     max_resolution=32,

@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     remat=False,  # True: recompute each block in the backward pass (less memory, more compute)
   )
   c.input = dict(
+    front_end="image",  # front_ends.FRONT_ENDS: what turns the batches' `inputs` into tokens
     position_encoding="fourier",
     num_bands=4,
     max_resolution=8,

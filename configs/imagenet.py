@@ -65,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     remat=True,
   )
   c.input = dict(
+    front_end="image",  # front_ends.FRONT_ENDS: what turns the batches' `inputs` into tokens
     position_encoding="fourier",
     num_bands=64,
     max_resolution=224,

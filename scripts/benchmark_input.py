@@ -40,7 +40,7 @@ def _measure(batches, num_batches: int, warmup: int) -> tuple[float, float]:
   images, start = 0, time.perf_counter()
   for _ in range(num_batches):
     batch = next(batches)
-    images += int(batch["mask"].sum()) if "mask" in batch else len(batch["label"])
+    images += int(batch["eval_mask"].sum()) if "eval_mask" in batch else len(batch["label"])
   return first, images / (time.perf_counter() - start)
 
 

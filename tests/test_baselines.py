@@ -15,8 +15,8 @@ from perceiver_jax.training import build
 def abstract_model(config, batch=2):
   """(param count, logits shape) of `config`'s model on a batch of images, traced, nothing executed."""
   model = build.make_model(config)
-  size, channels = config.dataset.image_size, config.dataset.num_channels
-  images = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
+  spec = build.input_spec(config)
+  images = jax.ShapeDtypeStruct((batch, *spec.shape), spec.dtype)
   keys = jax.random.split(jax.random.PRNGKey(0), batch)
   params, state = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, is_training=True), images)
   logits, _ = jax.eval_shape(

@@ -46,7 +46,7 @@ original = data.train_batches
 def train_batches(config, start_step=0):
   for index, batch in enumerate(original(config, start_step=start_step), start_step):
     if index == nan_at:
-      batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      batch = dict(batch, inputs=np.full_like(batch["inputs"], np.nan))
     if 0 <= slow_from <= index:
       time.sleep(delay)
     yield batch

@@ -78,10 +78,10 @@ def test_train_batches_shapes_ranges_and_first_epoch(fake_imagenet):
   low = (-0.3 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
   high = (1.3 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
   for batch in batches:
-    assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["inputs"].shape == (8, 32, 32, 3) and batch["inputs"].dtype == np.float32
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
-    assert np.all(batch["image"] >= low - 1e-5) and np.all(batch["image"] <= high + 1e-5)
-    assert batch["image"].std() > 0.1  # Real pictures, not filler.
+    assert np.all(batch["inputs"] >= low - 1e-5) and np.all(batch["inputs"] <= high + 1e-5)
+    assert batch["inputs"].std() > 0.1  # Real pictures, not filler.
   # Stream positions 0..11 are epoch 0 (the second batch straddles epochs): every train image once.
   first_epoch = np.concatenate([batches[0]["label"], batches[1]["label"][:4]])
   # The synsets n01440764, n01739381 and n02105855 are classes 0, 59 and 230 of TFDS's labels.txt.
@@ -93,7 +93,7 @@ def test_train_slices_of_two_processes_cover_the_split(fake_imagenet):
   labels = []
   for process in range(2):
     batches = take(tfds_input.train_batches(config, process_index=process, process_count=2), 2)
-    assert batches[0]["image"].shape == (4, 32, 32, 3)
+    assert batches[0]["inputs"].shape == (4, 32, 32, 3)
     labels += list(np.concatenate([batches[0]["label"], batches[1]["label"][:2]]))  # 6 = 12 / 2.
   assert collections.Counter(labels) == {0: 4, 59: 4, 230: 4}
 
@@ -107,8 +107,8 @@ def _eval_examples(config, process_count):
   examples = []
   for batches in per_process:
     for batch in batches:
-      assert batch["mask"].dtype == bool and batch["label"].dtype == np.int32
-      for image, label, keep in zip(batch["image"], batch["label"], batch["mask"], strict=True):
+      assert batch["eval_mask"].dtype == bool and batch["label"].dtype == np.int32
+      for image, label, keep in zip(batch["inputs"], batch["label"], batch["eval_mask"], strict=True):
         if keep:
           examples.append((int(label), image.round(4).tobytes()))
   return sorted(examples), per_process
@@ -117,8 +117,8 @@ def _eval_examples(config, process_count):
 def test_eval_batches_count_every_example_once(fake_imagenet):
   config = imagenet_config(fake_imagenet)
   examples, (batches,) = _eval_examples(config, 1)
-  assert len(batches) == 1 and batches[0]["image"].shape == (8, 32, 32, 3)
-  assert sum(int(b["mask"].sum()) for b in batches) == NUM_VAL
+  assert len(batches) == 1 and batches[0]["inputs"].shape == (8, 32, 32, 3)
+  assert sum(int(b["eval_mask"].sum()) for b in batches) == NUM_VAL
   assert [label for label, _ in examples] == expected_val_labels()
   assert len({image for _, image in examples}) == NUM_VAL
 
@@ -141,7 +141,7 @@ def test_eval_batches_split_over_processes(
   assert split == single  # The same examples, each exactly once.
   assert all(len(batches) == batches_per_process for batches in per_process)
   if eval_batch_size == process_count:
-    assert not per_process[-1][-1]["mask"].any()  # A process with fewer examples pads a whole batch.
+    assert not per_process[-1][-1]["eval_mask"].any()  # A process with fewer examples pads a whole batch.
 
 
 def test_eval_batches_ask_jax_for_the_process(fake_imagenet, monkeypatch):
@@ -151,9 +151,9 @@ def test_eval_batches_ask_jax_for_the_process(fake_imagenet, monkeypatch):
   monkeypatch.setattr(tfds_input.jax, "process_count", lambda: 2)
   implicit = list(data.eval_batches(config))
   explicit = list(tfds_input.eval_batches(config, process_index=1, process_count=2))
-  assert [int(b["mask"].sum()) for b in implicit] == [2, 1]
+  assert [int(b["eval_mask"].sum()) for b in implicit] == [2, 1]
   for a, b in zip(implicit, explicit, strict=True):
-    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
 
 
 def test_start_step_reproduces_the_stream(fake_imagenet):
@@ -164,12 +164,12 @@ def test_start_step_reproduces_the_stream(fake_imagenet):
   resumed = take(tfds_input.train_batches(config, start_step=1), 4)
   again = take(tfds_input.train_batches(config, start_step=1), 4)
   for a, b, c in zip(from_zero[1:], resumed, again, strict=True):
-    for key in ("image", "label"):
+    for key in ("inputs", "label"):
       np.testing.assert_array_equal(a[key], b[key])
       np.testing.assert_array_equal(b[key], c[key])
-  assert not np.array_equal(from_zero[0]["image"], from_zero[3]["image"])
+  assert not np.array_equal(from_zero[0]["inputs"], from_zero[3]["inputs"])
   config.seed = 1
-  assert not np.array_equal(take(tfds_input.train_batches(config), 1)[0]["image"], from_zero[0]["image"])
+  assert not np.array_equal(take(tfds_input.train_batches(config), 1)[0]["inputs"], from_zero[0]["inputs"])
 
 
 def test_mixup_cutmix_soft_labels_and_resume(fake_imagenet):
@@ -178,7 +178,7 @@ def test_mixup_cutmix_soft_labels_and_resume(fake_imagenet):
   from_zero = take(tfds_input.train_batches(config), 3)
   resumed = take(tfds_input.train_batches(config, start_step=1), 2)
   for a, b in zip(from_zero[1:], resumed, strict=True):
-    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["label"], b["label"])
   for batch in from_zero:
     assert batch["label"].shape == (8, 1000) and batch["label"].dtype == np.float32
@@ -189,7 +189,7 @@ def test_mixup_cutmix_soft_labels_and_resume(fake_imagenet):
   config.augment.mixup_alpha = config.augment.cutmix_alpha = 0.0
   for a, b in zip(mixed_config_evals, tfds_input.eval_batches(config), strict=True):
     assert a["label"].dtype == np.int32
-    for key in ("image", "label", "mask"):
+    for key in ("inputs", "label", "eval_mask"):
       np.testing.assert_array_equal(a[key], b[key])
 
 
@@ -219,9 +219,9 @@ def test_mock_mnist_train_and_eval(tmp_path, num_channels):
     assert tfds_input.num_examples(config, "train") == 10
     batch = next(tfds_input.train_batches(config))
     evals = list(tfds_input.eval_batches(config))
-  assert batch["image"].shape == (8, 32, 32, num_channels) and set(batch["label"]) <= set(range(10))
-  assert [int(b["mask"].sum()) for b in evals] == [8, 2]
-  image = evals[0]["image"][0]
+  assert batch["inputs"].shape == (8, 32, 32, num_channels) and set(batch["label"]) <= set(range(10))
+  assert [int(b["eval_mask"].sum()) for b in evals] == [8, 2]
+  image = evals[0]["inputs"][0]
   if num_channels == 3:  # Grayscale replicated into RGB: equal channels once normalisation is undone.
     pixels = image * augment.IMAGENET_STD + augment.IMAGENET_MEAN
     np.testing.assert_allclose(pixels[..., 0], pixels[..., 1], atol=1e-5)

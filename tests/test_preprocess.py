@@ -12,7 +12,7 @@ from perceiver_jax.training import build
 
 
 def tokens(config, pixels, keys=None):
-  f = hk.transform(lambda x, k: build.front_end(config)(x, example_keys=k))
+  f = hk.transform(lambda x, k: build.front_end(config)(x, example_keys=k)[0])
   return np.asarray(jax.jit(f.apply)(None, None, pixels, keys))
 
 

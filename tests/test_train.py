@@ -101,7 +101,7 @@ def test_eval_counts_every_example_exactly_once(config_loader):
   assert metrics["count"] == data.num_examples(config, "eval") == 359
   # A zero-initialised head predicts uniformly: the loss is exactly log(10) on every counted example.
   assert metrics["loss"] == pytest.approx(np.log(10), rel=1e-5)
-  labels = np.concatenate([b["label"][b["mask"]] for b in data.eval_batches(config)])
+  labels = np.concatenate([b["label"][b["eval_mask"]] for b in data.eval_batches(config)])
   assert sorted(labels.tolist()) == sorted(data.digits._arrays(config, "eval")[1].tolist())
 
 

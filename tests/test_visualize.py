@@ -116,7 +116,7 @@ def test_eval_examples_are_first_of_each_class_with_eval_step_keys(config_loader
   config = config_loader("digits", "runlocal")
   config.train.eval_batch_size = 8  # The examples then span several eval batches.
   batches = list(data.eval_batches(config))
-  images = np.concatenate([b["image"] for b in batches])
+  images = np.concatenate([b["inputs"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])
   examples = visualize.eval_examples(config, 10)
   assert sorted(examples.labels) == list(range(10))

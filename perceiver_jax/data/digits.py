@@ -62,7 +62,7 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Ite
     for epoch in np.unique(epochs):
       order = np.random.default_rng([config.seed, int(epoch)]).permutation(n)
       index[epochs == epoch] = order[within[epochs == epoch]]
-    yield {"image": images[index], "label": labels[index]}
+    yield {"inputs": images[index], "label": labels[index]}
     step += 1
 
 
@@ -74,4 +74,4 @@ def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.nda
     index = np.arange(start + offset, start + offset + local)
     mask = index < n
     index = np.minimum(index, n - 1)
-    yield {"image": images[index], "label": labels[index], "mask": mask}
+    yield {"inputs": images[index], "label": labels[index], "eval_mask": mask}

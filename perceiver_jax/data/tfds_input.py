@@ -20,8 +20,8 @@ slices change), a rebuilt dataset with different shard files, or a different `da
 
 Eval batches: the eval split in file order, split over processes (the first n % process_count get one more
 example), centre crop of int(`augment.eval_crop_fraction` x shorter side), bicubic resize, normalised, plus
-'mask' bool [b] (False for padding). Every example is counted exactly once and every process yields the same
-number of batches, padding with fully masked batches where it has fewer examples.
+'eval_mask' bool [b] (False for padding). Every example is counted exactly once and every process yields the
+same number of batches, padding with fully masked batches where it has fewer examples.
 
 Config fields read beyond configs/imagenet.py's: `augment.crop_min_object_covered` (default 0.1),
 `dataset.shuffle_buffer` (default 10,000 records),
@@ -346,7 +346,7 @@ def train_batches(
   """This process's share of every global train batch from step `start_step` on, forever.
 
   Yields:
-    {'image': float32 [b, S, S, C], 'label': int32 [b] or, with MixUp/CutMix, float32 [b, K]},
+    {'inputs': float32 [b, S, S, C], 'label': int32 [b] or, with MixUp/CutMix, float32 [b, K]},
     b = train.global_batch_size / process_count.
   """
   process_index, process_count = _processes(process_index, process_count)
@@ -391,7 +391,7 @@ def train_batches(
       pending = None
       if lead and _mixing(config):  # tf.data could not mix a batch it did not see whole.
         images, labels = (t.numpy() for t in mix(images, labels, np.int64(step)))
-      yield {"image": images, "label": labels}
+      yield {"inputs": images, "label": labels}
       step += 1
     epoch, skip = epoch + 1, 0
 
@@ -416,7 +416,7 @@ def eval_batches(
   """This process's share of the eval split, once, padded and masked.
 
   Yields:
-    {'image': float32 [b, S, S, C], 'label': int32 [b], 'mask': bool [b]},
+    {'inputs': float32 [b, S, S, C], 'label': int32 [b], 'eval_mask': bool [b]},
     b = train.eval_batch_size / process_count; the same number of batches on every process.
   """
   process_index, process_count = _processes(process_index, process_count)
@@ -442,7 +442,7 @@ def eval_batches(
   # Padded to a whole number of batches above, so no example is ever dropped here.
   ds = examples.batch(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
   for images, labels, mask in ds.as_numpy_iterator():
-    yield {"image": images, "label": labels, "mask": mask}
+    yield {"inputs": images, "label": labels, "eval_mask": mask}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The image front end: images [B, H, W, C] -> tokens [B, M, C + P], on device inside the model.
+"""The image front end (`input.front_end="image"`): images [B, H, W, C] -> tokens [B, M, C + P], on device.
 
 Position features are those of the grid that is fed (the crop, as in the paper), concatenated to the
 pixel values, never added. A permutation, if any, comes after: every pixel keeps its own position
@@ -11,7 +11,8 @@ features, so a model blind to token order (the Perceiver) gives the same answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import haiku as hk
 import jax
@@ -37,9 +38,21 @@ def random_permutations(example_keys, num_tokens: int):
 class ImageFrontEnd(hk.Module):
   """Images [B, H, W, C] -> tokens [B, M, C + P] with M = H * W (or the resized grid's)."""
 
+  input_dtype = jnp.float32
+
+  @staticmethod
+  def input_shape(dataset: Mapping[str, Any]) -> tuple[int, int, int]:
+    """[H, W, C] of one image: square `dataset.image_size` pixels of `dataset.num_channels` channels."""
+    size, channels = dataset["image_size"], dataset["num_channels"]
+    if not (isinstance(size, int) and size > 0 and isinstance(channels, int) and channels > 0):
+      raise ValueError(
+        f"dataset.image_size={size!r} and dataset.num_channels={channels!r} must be positive integers."
+      )
+    return size, size, channels
+
   def __init__(
     self,
-    image_shape: Sequence[int],
+    input_shape: Sequence[int],
     position_encoding: str = "fourier",
     num_bands: int = 64,
     max_resolution: int | Sequence[int] = 224,
@@ -56,9 +69,10 @@ class ImageFrontEnd(hk.Module):
       raise ValueError(f"input.permutation={permutation!r} must be one of {PERMUTATIONS}.")
     if resize_to is not None and resize_to <= 0:
       raise ValueError(f"input.resize_to={resize_to} must be positive (or None).")
-    self.grid_shape = (resize_to, resize_to) if resize_to else tuple(image_shape)
-    if len(self.grid_shape) != 2 or min(self.grid_shape) <= 0:
-      raise ValueError(f"dataset.image_size gives grid {self.grid_shape}; it must be positive.")
+    if len(input_shape) != 3 or min(input_shape) <= 0:
+      raise ValueError(f"Images are [H, W, C] with positive sizes; got input_shape={tuple(input_shape)}.")
+    self.image_shape = tuple(input_shape)  # [H, W, C]
+    self.grid_shape = (resize_to, resize_to) if resize_to else self.image_shape[:2]
     self.position_encoding = position_encoding
     self.num_bands = num_bands
     self.max_resolution = max_resolution
@@ -96,19 +110,33 @@ class ImageFrontEnd(hk.Module):
       raise ValueError("input.permutation='random' needs example_keys, one key per example.")
     return random_permutations(example_keys, self.num_tokens)
 
-  def __call__(self, images, *, example_keys=None):
-    """images [B, H, W, C], example_keys [B] (for `random`) -> tokens [B, M, C + P]."""
+  def __call__(self, images, *, input_mask=None, example_keys=None):
+    """images [B, H, W, C], input_mask bool [B, H, W] or None, example_keys [B] (for `random`).
+
+    Returns (tokens [B, M, C + P], token_mask bool [B, M] or None): the mask in the tokens' order.
+    """
     if images.ndim != 4:
       raise ValueError(f"Images must be [B, H, W, C]; got shape {images.shape}.")
+    if images.shape[1:] != self.image_shape:
+      raise ValueError(
+        f"Images are {tuple(images.shape[1:])} but dataset.image_size and dataset.num_channels say "
+        f"{self.image_shape}."
+      )
     b, c = images.shape[0], images.shape[-1]
+    if input_mask is not None:
+      if input_mask.shape != images.shape[:3]:
+        raise ValueError(f"input_mask must be [B, H, W] = {images.shape[:3]}; got {input_mask.shape}.")
+      if self.resize_to:
+        raise ValueError("input.resize_to cannot resize an input_mask; feed whole images or drop resize_to.")
+      input_mask = input_mask.reshape(b, self.num_tokens)  # [B, M]
     if self.resize_to:
       images = jax.image.resize(images, (b, *self.grid_shape, c), method="bilinear")
-    elif images.shape[1:3] != self.grid_shape:
-      raise ValueError(f"Images are {images.shape[1:3]} but dataset.image_size says {self.grid_shape}.")
     pixels = images.reshape(b, self.num_tokens, c)  # [B, M, C]
     pos = self.position_features().astype(pixels.dtype)  # [M, P]
     tokens = jnp.concatenate([pixels, jnp.broadcast_to(pos, (b, *pos.shape))], axis=-1)
     perm = self.permutations(b, example_keys)
     if perm is not None:
       tokens = jnp.take_along_axis(tokens, perm[..., None], axis=1)
-    return tokens  # [B, M, C + P]
+      if input_mask is not None:
+        input_mask = jnp.take_along_axis(input_mask, perm, axis=1)
+    return tokens, input_mask  # [B, M, C + P], [B, M] or None

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from perceiver_jax.tools import flops
-from perceiver_jax.training import parallel, train
+from perceiver_jax.training import build, parallel, train
 
 # Backward is about twice the forward's matmuls: the usual convention for model FLOPs of a train step.
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -77,11 +77,14 @@ def global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> in
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, np.ndarray]:
-  """Uniform images [batch, H, W, C] and random int32 labels [batch]."""
+  """Uniform `inputs` [batch, *input_shape] (build.input_spec: the front end's) and int32 labels [batch].
+
+  No input_mask: every input position is real.
+  """
   rng = np.random.default_rng(config.seed)
-  size, channels = config.dataset.image_size, config.dataset.num_channels
+  spec = build.input_spec(config)
   return {
-    "image": rng.uniform(size=(batch, size, size, channels)).astype(np.float32),
+    "inputs": rng.uniform(size=(batch, *spec.shape)).astype(spec.dtype),
     "label": rng.integers(0, config.dataset.num_classes, size=(batch,)).astype(np.int32),
   }
 

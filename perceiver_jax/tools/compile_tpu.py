@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from perceiver_jax.tools import benchmark, flops
-from perceiver_jax.training import parallel, train
+from perceiver_jax.training import build, parallel, train
 
 GB = 1e9
 # HBM per chip in GB (10^9 bytes) by `device_kind`, from the chips' published figures.
@@ -100,21 +100,21 @@ def abstract_inputs(trainer: train.Trainer, global_batch: int):
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   shapes = jax.eval_shape(functools.partial(train.init_state, config, trainer.model, trainer.optimizer))
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
-  size, channels = config.dataset.image_size, config.dataset.num_channels
+  spec = build.input_spec(config)  # One example's inputs, as the front end takes them.
   soft = config.get("augment") and (config.augment.get("mixup_alpha") or config.augment.get("cutmix_alpha"))
   label = (
     jax.ShapeDtypeStruct((global_batch, config.dataset.num_classes), jnp.float32, sharding=shard)
     if soft
     else jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=shard)
   )
-  image = jax.ShapeDtypeStruct((global_batch, size, size, channels), jnp.float32, sharding=shard)
+  inputs = jax.ShapeDtypeStruct((global_batch, *spec.shape), spec.dtype, sharding=shard)
   eval_batch = {
-    "image": image,
+    "inputs": inputs,
     "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=shard),
-    "mask": jax.ShapeDtypeStruct((global_batch,), jnp.bool_, sharding=shard),
+    "eval_mask": jax.ShapeDtypeStruct((global_batch,), jnp.bool_, sharding=shard),
   }
   index = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
-  return state, {"image": image, "label": label}, eval_batch, index
+  return state, {"inputs": inputs, "label": label}, eval_batch, index
 
 
 def _oom_gb(message: str) -> tuple[float, float] | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.extend import core as jex_core
@@ -78,45 +77,30 @@ def jaxpr_matmul_flops(fn, *args, **kwargs) -> int:
 
 def _abstract_forward(config: ml_collections.ConfigDict):
   model = build.make_model(config)
-  size, ch = config.dataset.image_size, config.dataset.num_channels
-  images = jax.ShapeDtypeStruct((1, size, size, ch), jnp.float32)
+  spec = build.input_spec(config)  # One example's inputs, as the front end takes them.
+  inputs = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
   keys = jax.ShapeDtypeStruct((1,), jax.random.key(0).dtype)
   rng = jax.random.PRNGKey(0)
   params, state = jax.eval_shape(
-    lambda: model.init(rng, jnp.zeros(images.shape), is_training=True, example_keys=jax.random.split(rng, 1))
+    lambda: model.init(
+      rng, build.dummy_inputs(config, 1), is_training=True, example_keys=jax.random.split(rng, 1)
+    )
   )
-  return model, params, state, images, keys
+  return model, params, state, inputs, keys
 
 
 def model_stats(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Parameter count and forward GFLOPs per example of `config`'s model, computed abstractly."""
-  model, params, state, images, keys = _abstract_forward(config)
+  model, params, state, inputs, keys = _abstract_forward(config)
   num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
   if config.model_name == "perceiver":
-    frontend = _front_end_shape(config)
-    flops = perceiver_forward_flops(config.model, *frontend)
+    flops = perceiver_forward_flops(config.model, *build.token_shape(config))
   else:
     flops = jaxpr_matmul_flops(
       lambda p, s, x, k: model.apply(p, s, None, x, is_training=False, example_keys=k)[0],
       params,
       state,
-      images,
+      inputs,
       keys,
     )
   return {"params": num_params, "gflops": flops / 1e9}
-
-
-def _front_end_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(M, C + P): the tokens the front end hands the model."""
-  import haiku as hk
-
-  size, ch = config.dataset.image_size, config.dataset.num_channels
-
-  def tokens(x):
-    return build.front_end(config)(x, example_keys=jax.random.split(jax.random.PRNGKey(0), 1))
-
-  f = hk.transform(tokens)
-  x = jax.ShapeDtypeStruct((1, size, size, ch), jnp.float32)
-  params = jax.eval_shape(f.init, jax.random.PRNGKey(0), x)
-  out = jax.eval_shape(lambda p, x: f.apply(p, None, x), params, x)
-  return out.shape[1], out.shape[2]

@@ -32,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from perceiver_jax import data
+from perceiver_jax.front_ends.images import ImageFrontEnd
 from perceiver_jax.training import build, run_files, train
 
 NUM_LATENTS = 8
@@ -70,9 +71,9 @@ def eval_examples(config: ml_collections.ConfigDict, count: int, distinct_labels
   classes = min(count, config.dataset.num_classes) if distinct_labels else 0
   chosen, others, seen = [], [], set()
   for index, batch in enumerate(data.eval_batches(config)):
-    for p in np.flatnonzero(batch["mask"]):
+    for p in np.flatnonzero(batch["eval_mask"]):
       # As eval_step: the example at position p of global batch i has global index i * batch size + p.
-      example = (batch["image"][p], batch["label"][p], index * len(batch["mask"]) + p)
+      example = (batch["inputs"][p], batch["label"][p], index * len(batch["eval_mask"]) + p)
       if len(seen) < classes and int(example[1]) not in seen:
         seen.add(int(example[1]))
         chosen.append(example)
@@ -115,6 +116,10 @@ def attention_maps(config: ml_collections.ConfigDict, params, state, images, exa
   """
   if config.model_name != "perceiver":
     raise ValueError(f"Attention maps need a Perceiver run; this run's model_name={config.model_name!r}.")
+  if build.front_end_class(config) is not ImageFrontEnd:
+    raise ValueError(
+      f"Attention maps are drawn on an image grid; this run's input.front_end={config.input.front_end!r}."
+    )
   model = build.make_model(config)
   shape = grid_shape(config)
 

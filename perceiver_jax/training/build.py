@@ -1,22 +1,33 @@
-"""From a config to a Haiku forward function: front end, then the model named by `config.model_name`.
+"""From a config to a Haiku forward function: the front end named by `config.input.front_end`, then the
+model named by `config.model_name`.
+
+The input contract. A batch is `{'inputs': [b, *input_shape] of input_dtype, 'input_mask': optional bool
+[b, *input_shape[:-1]], 'label': int32 [b]}` (perceiver_jax.data); the front end turns `inputs` into tokens
+[b, M, C] and `input_mask` into a token mask [b, M], which the model receives as `input_mask`. Nothing
+else of a modality is known outside its front end and its data source: the trainer and the tools ask
+this module for the shapes (`input_spec`, `dummy_inputs`, `token_shape`).
 
 `make_model(config)` returns an `hk.TransformedWithState` of
-`forward(images [B, H, W, C], *, is_training, example_keys=None) -> logits [B, num_classes]`;
+`forward(inputs [B, ...], *, is_training, input_mask=None, example_keys=None) -> logits [B, num_classes]`;
 with `return_attention=True` (Perceiver only) it returns (logits, per-cross-attend weights [B, h, N, M]).
 The model computes in `config.precision` (precision.py); parameters and logits are float32. It is traced
 with the kernels of `platform` (attention.kernels_for): the hand-written CPU ones on a CPU, the plain path
 on TPU and GPU; None: the default backend's.
-The constructor of the model class receives `config.model` as keyword arguments; grid models (those with
-`takes_grid_shape = True`) also receive the front end's `grid_shape`.
+The front end's constructor receives `config.input` (but `front_end`) as keyword arguments, the model's
+`config.model`; grid models (those with `takes_grid_shape = True`) also receive the front end's
+`grid_shape`. A model that cannot mask its tokens is refused a batch with an `input_mask`.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import haiku as hk
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from perceiver_jax.front_ends.images import ImageFrontEnd
+from perceiver_jax.front_ends import FRONT_ENDS
 from perceiver_jax.models import MODELS, attention, precision
 
 
@@ -28,35 +39,92 @@ def _model_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
   return MODELS[config.model_name]
 
 
-def front_end(config: ml_collections.ConfigDict) -> ImageFrontEnd:
+def front_end_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
+  """The class `config.input.front_end` names (front_ends.FRONT_ENDS)."""
+  name = config.input.get("front_end", "image")
+  if name not in FRONT_ENDS:
+    known = ", ".join(sorted(FRONT_ENDS))
+    raise ValueError(f"input.front_end={name!r} is unknown; known front ends: {known}.")
+  return FRONT_ENDS[name]
+
+
+def input_spec(config: ml_collections.ConfigDict) -> jax.ShapeDtypeStruct:
+  """One example's `inputs` as the front end expects them: shape and dtype, e.g. (8, 8, 1) float32."""
+  cls = front_end_class(config)
+  return jax.ShapeDtypeStruct(tuple(cls.input_shape(config.dataset.to_dict())), cls.input_dtype)
+
+
+def dummy_inputs(config: ml_collections.ConfigDict, batch_size: int = 1) -> jax.Array:
+  """Zero `inputs` [batch_size, *input_shape], e.g. to initialise the parameters."""
+  spec = input_spec(config)
+  return jnp.zeros((batch_size, *spec.shape), spec.dtype)
+
+
+def front_end(config: ml_collections.ConfigDict) -> hk.Module:
   """The front end of `config`; only valid inside a Haiku transform."""
-  size = config.dataset.image_size
-  return ImageFrontEnd(image_shape=(size, size), name="front_end", **config.input.to_dict())
+  settings = {k: v for k, v in config.input.to_dict().items() if k != "front_end"}
+  return front_end_class(config)(input_spec(config).shape, name="front_end", **settings)
 
 
-def model_module(config: ml_collections.ConfigDict, grid_shape) -> hk.Module:
+def token_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(M, C): the tokens of one example that the front end hands the model; traced, nothing runs."""
+
+  def tokens(x, keys):
+    return front_end(config)(x, example_keys=keys)[0]
+
+  f = hk.transform(tokens)
+  spec = input_spec(config)
+  x = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
+  keys = jax.random.split(jax.random.PRNGKey(0), 1)
+  out = jax.eval_shape(lambda x: f.apply(f.init(jax.random.PRNGKey(0), x, keys), None, x, keys), x)
+  return out.shape[1], out.shape[2]
+
+
+def model_module(config: ml_collections.ConfigDict, grid_shape=None) -> hk.Module:
   cls = _model_class(config)
   kwargs = config.model.to_dict()
   if getattr(cls, "takes_grid_shape", False):
+    if grid_shape is None:
+      raise ValueError(
+        f"model_name={config.model_name!r} needs a 2-D grid of tokens, and input.front_end="
+        f"{config.input.get('front_end', 'image')!r} gives none; use the image front end."
+      )
     kwargs["grid_shape"] = tuple(grid_shape)
   return cls(**kwargs, name=config.model_name)
 
 
+def takes_input_mask(cls: type[hk.Module]) -> bool:
+  """Whether the model's __call__ accepts an `input_mask` (the Perceiver does, the baselines do not)."""
+  return "input_mask" in inspect.signature(cls.__call__).parameters
+
+
 def make_model(config: ml_collections.ConfigDict, platform: str | None = None) -> hk.TransformedWithState:
-  def forward(images, *, is_training: bool, example_keys=None, return_attention: bool = False):
+  def forward(inputs, *, is_training: bool, input_mask=None, example_keys=None, return_attention=False):
     with attention.kernels_for(platform or jax.default_backend()):
       return _forward(
-        images, is_training=is_training, example_keys=example_keys, return_attention=return_attention
+        inputs,
+        is_training=is_training,
+        input_mask=input_mask,
+        example_keys=example_keys,
+        return_attention=return_attention,
       )
 
-  def _forward(images, *, is_training: bool, example_keys=None, return_attention: bool = False):
+  def _forward(inputs, *, is_training: bool, input_mask, example_keys, return_attention: bool):
     frontend = front_end(config)
-    tokens = frontend(images, example_keys=example_keys)  # [B, M, C + P]
-    model = model_module(config, frontend.grid_shape)
+    tokens, token_mask = frontend(inputs, input_mask=input_mask, example_keys=example_keys)  # [B, M, C]
+    model = model_module(config, getattr(frontend, "grid_shape", None))
+    kwargs = {}
+    if token_mask is not None:
+      if not takes_input_mask(type(model)):
+        raise ValueError(
+          f"model_name={config.model_name!r} cannot mask its inputs, and the batches have an input_mask; "
+          "use model_name='perceiver' or a data source without padding."
+        )
+      kwargs["input_mask"] = token_mask
+    if return_attention:
+      kwargs["return_attention"] = True
     # config.precision: float32 parameters, compute in float32 or bfloat16, logits back in float32.
     with precision.policy_scope(type(model), config.get("precision", "float32")):
-      if return_attention:
-        return model(tokens, is_training=is_training, return_attention=True)
-      return model(tokens, is_training=is_training)
+      return model(tokens, is_training=is_training, **kwargs)
 
   return hk.transform_with_state(forward)

@@ -42,6 +42,12 @@ RESUMABLE_CHANGES = (
   "model.remat",
 )
 
+# Fields declared after runs were saved without them, with the value the code took when they were absent:
+# a resume that sets one to that value changes nothing.
+ADDED_FIELDS = {
+  "input.front_end": "image",
+}
+
 
 class RunFileError(ValueError):
   """A run file that cannot be read or written; the message names it."""
@@ -128,10 +134,12 @@ def config_diff(old: Any, new: Any, ignore: Iterable[str] = (CONFIG_CHANGES,)) -
   """{dotted field: (old value, new value)} for every leaf that differs between two configs.
 
   Either config may be a ConfigDict or its JSON dict (tuples and lists compare equal); a field present in
-  one only has the value None in the other. Fields under an `ignore` prefix are left out.
+  one only has the value None in the other, but a field of ADDED_FIELDS missing from `old` has its value
+  there. Fields under an `ignore` prefix are left out.
   """
   a, b = flatten(json.loads(json.dumps(flatten(old), default=str))), flatten(new)
   b = json.loads(json.dumps(b, default=str))
+  a = {**{k: v for k, v in ADDED_FIELDS.items() if k in b}, **a}
   ignore = tuple(ignore)
   return {
     key: (a.get(key), b.get(key))

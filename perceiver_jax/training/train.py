@@ -86,12 +86,11 @@ def top_k_correct(logits, labels, k: int):
 
 def init_state(config: ml_collections.ConfigDict, model: hk.TransformedWithState, optimizer) -> TrainState:
   """Initial parameters from `config.seed`, identical on every process."""
-  size, channels = config.dataset.image_size, config.dataset.num_channels
-  images = jnp.zeros((1, size, size, channels), jnp.float32)
+  inputs = build.dummy_inputs(config, 1)  # [1, *input_shape]: the front end says the shape.
   rng = jax.random.PRNGKey(config.seed)
   init_key = jax.random.fold_in(rng, 0)
   keys = example_keys(init_key, 0, 1)
-  params, state = model.init(init_key, images, is_training=True, example_keys=keys)
+  params, state = model.init(init_key, inputs, is_training=True, example_keys=keys)
   return TrainState(params, state, optimizer.init(params), jnp.zeros([], jnp.int32), rng)
 
 
@@ -104,9 +103,12 @@ def train_step(
   num_classes: int,
   label_smoothing: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on this device's shard of the global batch (pmap-style, axis `batch`)."""
-  images, labels = batch["image"], batch["label"]  # [b, H, W, C], [b] or [b, K]
-  local = images.shape[0]
+  """One optimizer step on this device's shard of the global batch (pmap-style, axis `batch`).
+
+  `batch`: `inputs` [b, ...], optional `input_mask` bool [b, ...], `label` [b] or soft [b, K] (data.Batch).
+  """
+  inputs, input_mask, labels = batch["inputs"], batch.get("input_mask"), batch["label"]
+  local = inputs.shape[0]
   global_batch = local * lax.psum(1, parallel.AXIS)
   step_key = jax.random.fold_in(train_state.rng, train_state.step)
   keys = example_keys(
@@ -118,7 +120,13 @@ def train_step(
 
   def loss_fn(params):
     logits, new_state = model.apply(
-      params, train_state.state, dropout_key, images, is_training=True, example_keys=keys
+      params,
+      train_state.state,
+      dropout_key,
+      inputs,
+      is_training=True,
+      input_mask=input_mask,
+      example_keys=keys,
     )
     loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
     return loss, (logits, new_state)
@@ -150,17 +158,23 @@ def eval_step(
   model: hk.TransformedWithState,
   num_classes: int,
 ) -> dict[str, jax.Array]:
-  """Sums over the real (unmasked) examples of one eval batch, across all devices."""
-  images, labels, mask = batch["image"], batch["label"], batch["mask"]
-  local = images.shape[0]
+  """Sums over the real examples of one eval batch (`eval_mask` True, not padding), across all devices."""
+  inputs, input_mask, labels = batch["inputs"], batch.get("input_mask"), batch["label"]
+  local = inputs.shape[0]
   global_batch = local * lax.psum(1, parallel.AXIS)
   keys = eval_example_keys(
     train_state.rng, _local_example_start(batch_index * global_batch, local) + jnp.arange(local)
   )
   logits, _ = model.apply(
-    train_state.params, train_state.state, None, images, is_training=False, example_keys=keys
+    train_state.params,
+    train_state.state,
+    None,
+    inputs,
+    is_training=False,
+    input_mask=input_mask,
+    example_keys=keys,
   )
-  weight = mask.astype(jnp.float32)
+  weight = batch["eval_mask"].astype(jnp.float32)
   sums = {
     "loss": jnp.sum(cross_entropy(logits, labels, num_classes, 0.0) * weight),
     "top1": jnp.sum(top_k_correct(logits, labels, 1) * weight),
@@ -256,11 +270,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"train.profile_steps={t.profile_steps} must be 0 (off) or a number of steps to trace.")
   if not 0.0 <= t.label_smoothing < 1.0:
     raise ValueError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
-  if config.dataset.image_size <= 0 or config.dataset.num_channels <= 0:
-    raise ValueError(
-      f"dataset.image_size={config.dataset.image_size} and dataset.num_channels="
-      f"{config.dataset.num_channels} must be positive."
-    )
+  build.input_spec(config)  # A known front end, and input sizes it accepts.
   if config.precision not in ("float32", "bfloat16"):
     raise ValueError(f"precision={config.precision!r} must be 'float32' or 'bfloat16'.")
 
