@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     eval_split="test",
     test_fraction=0.2,
     split_seed=0,
+    num_train_examples=None,  # None: the split's size.
   )
   c.optimizer = dict(
     name="adamw",
@@ -66,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     warmup_steps=100,
     decay_epochs=(),
     decay_factor=0.1,
+    constant_fraction=0.5,  # Only for schedule "constant_cosine": the flat share of the steps.
     weight_decay=0.1,
     clip_global_norm=1.0,
     b1=0.9,

@@ -54,7 +54,7 @@ def make_model(config: ml_collections.ConfigDict, platform: str | None = None) -
     tokens = frontend(images, example_keys=example_keys)  # [B, M, C + P]
     model = model_module(config, frontend.grid_shape)
     # config.precision: float32 parameters, compute in float32 or bfloat16, logits back in float32.
-    with precision.policy_scope(type(model), config.get("precision", "float32")):
+    with precision.policy_scope(type(model), config.precision):
       if return_attention:
         return model(tokens, is_training=is_training, return_attention=True)
       return model(tokens, is_training=is_training)
