@@ -4,12 +4,15 @@ import ast
 import pathlib
 
 import pytest
-
 from conftest import ROOT, load_config
 
 # Which configs a module's reads apply to: the TFDS input reads only TFDS datasets' configs, the digits
 # input only digits, the benchmark only its own; the rest applies to every config that has the section.
-_ONLY = {"data/tfds_input.py": {"imagenet"}, "data/digits.py": {"digits"}, "tools/benchmark.py": {"benchmark"}}
+_ONLY = {
+  "data/tfds_input.py": {"imagenet"},
+  "data/digits.py": {"digits"},
+  "tools/benchmark.py": {"benchmark"},
+}
 _VARIANTS = {
   "digits": ["", "permuted", "permuted_random", "learned_pos", "unshared", "runlocal", "reproduce"],
   "imagenet": [

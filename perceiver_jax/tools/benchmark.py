@@ -141,9 +141,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # matmul already runs on all of them: the ceiling is one matmul on one device, however many there are
   # (several at once would measure the contention between them, not the machine).
   probe_mesh = parallel.make_mesh(mesh.devices.flat[:1]) if platform == "cpu" else mesh
-  probe, probe_flops = matmul_probe(
-    probe_mesh, dtype, bench.matmul_size or default_matmul_size(platform)
-  )
+  probe, probe_flops = matmul_probe(probe_mesh, dtype, bench.matmul_size or default_matmul_size(platform))
   for _ in range(bench.warmup_steps):
     train_state, metrics = step(train_state, batch)
   _block(metrics)
