@@ -68,3 +68,17 @@ def test_every_field_the_library_reads_is_declared(name):
         if field not in config[section]:
           missing.append(f"{section}.{field} ({module})")
     assert not missing, f"configs/{name}.py:{arg}: {sorted(set(missing))}"
+
+
+@pytest.mark.parametrize("word", ["learned_pos", "permuted", "permuted_random", "unshared"])
+def test_a_variant_word_changes_the_same_fields_in_digits_and_imagenet(word):
+  changes = {}
+  for name in ("digits", "imagenet"):
+    base, varied = load_config(name).to_dict(), load_config(name, word).to_dict()
+    changes[name] = {
+      (section, field): varied[section][field]
+      for section in ("model", "input")
+      for field in varied[section]
+      if varied[section][field] != base[section].get(field)
+    }
+  assert changes["digits"] == changes["imagenet"]
