@@ -28,8 +28,8 @@ def perceiver_forward_flops(
   n, d = model["num_latents"], model["latent_channels"]
   k, r = model["num_cross_attends"], model["num_latent_transformers"]
   layers = model["num_self_attends_per_block"]
-  w = model["widening_factor"]
-  qk = model["cross_qk_channels"] or c
+  w = model.get("widening_factor", 1)
+  qk = model.get("cross_qk_channels") or c
   v = qk
   mlp = 2 * n * d * d * w
   cross = n * d * qk + m * c * qk + m * c * v + n * m * qk + n * m * v + n * v * d + mlp
