@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     warmup_steps=0,
     decay_epochs=(),
     decay_factor=0.1,
+    constant_fraction=0.5,  # Only for schedule "constant_cosine": the flat share of the steps.
     weight_decay=0.0,
     clip_global_norm=0.0,
     b1=0.9,

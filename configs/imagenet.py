@@ -82,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     train_split="train",
     eval_split="validation",
     num_train_examples=IMAGENET_TRAIN_EXAMPLES,
+    shuffle_buffer=10_000,  # Examples in the training shuffle buffer (at most the split).
+    download=False,  # True: prepare the dataset if data_dir lacks it (ImageNet: from manual_dir).
+    manual_dir=ml_collections.config_dict.placeholder(str),  # None: <data_dir>/downloads/manual.
   )
   c.augment = dict(
     crop_area=(0.08, 1.0),

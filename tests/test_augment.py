@@ -184,7 +184,7 @@ def test_randaugment_applies_the_chosen_ops_and_draws_them_uniformly(photo):
     choices = augment.randaugment_choices(seed, 1)
     return augment.randaugment(tf.constant(photo), seed, 1, 5), choices[0]
 
-  counts = np.zeros(augment.RANDAUGMENT_NUM_OPS, int)
+  counts = np.zeros(len(augment.RANDAUGMENT_OPS), int)
   for i in range(160):
     out, (index, sign, op_seed) = both(tf.constant([0, i], tf.int64))
     name = augment.RANDAUGMENT_OPS[int(index)]

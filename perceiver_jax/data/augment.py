@@ -320,7 +320,6 @@ RANDAUGMENT_OPS = (
   "cutout",
   "solarize_add",
 )
-RANDAUGMENT_NUM_OPS = len(RANDAUGMENT_OPS)
 
 
 def randaugment_strengths(magnitude: float) -> dict[str, float]:
@@ -374,7 +373,7 @@ def randaugment_choices(seed: tf.Tensor, num_layers: int) -> list[tuple[tf.Tenso
   choices = []
   for layer_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_layers)):
     index_seed, sign_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 3))
-    index = tf.random.stateless_uniform([], index_seed, minval=0, maxval=RANDAUGMENT_NUM_OPS, dtype=tf.int32)
+    index = tf.random.stateless_uniform([], index_seed, minval=0, maxval=len(RANDAUGMENT_OPS), dtype=tf.int32)
     sign = tf.where(tf.random.stateless_uniform([], sign_seed) < 0.5, -1.0, 1.0)
     choices.append((index, sign, op_seed))
   return choices

@@ -23,9 +23,9 @@ example), centre crop of int(`augment.eval_crop_fraction` x shorter side), bicub
 'eval_mask' bool [b] (False for padding). Every example is counted exactly once and every process yields the
 same number of batches, padding with fully masked batches where it has fewer examples.
 
-Config fields read beyond configs/imagenet.py's: `augment.crop_min_object_covered` (default 0.1),
-`dataset.shuffle_buffer` (default 10,000 records),
-`dataset.download` (default False), `dataset.manual_dir` (ImageNet tars for `download`).
+Config fields read (all declared in configs/imagenet.py) include `augment.crop_min_object_covered`,
+`dataset.shuffle_buffer` (records in the training shuffle buffer), `dataset.download` and
+`dataset.manual_dir` (ImageNet tars for `download`).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class _Source:
   def __init__(self, config: ml_collections.ConfigDict):
     _hide_gpus_from_tf()
     name, data_dir = config.dataset.name, config.dataset.data_dir
-    download = config.dataset.get("download", False)
+    download = config.dataset.download
     if data_dir is not None and not epath.Path(data_dir).is_dir() and not download:
       raise FileNotFoundError(
         f"dataset.data_dir={data_dir!r} does not exist. Set --config.dataset.data_dir to the TFDS data "
@@ -117,7 +117,7 @@ class _Source:
     if not builder.is_prepared():
       if download:
         if name == IMAGENET_NAME:
-          manual_dir = config.dataset.get("manual_dir", None) or os.fspath(
+          manual_dir = config.dataset.manual_dir or os.fspath(
             epath.Path(builder.data_dir_root) / "downloads" / "manual"
           )
           prepare_imagenet(manual_dir, str(builder.data_dir_root))
@@ -201,7 +201,7 @@ def _train_params(config: ml_collections.ConfigDict) -> tuple:
     config.dataset.image_size,
     tuple(float(a) for a in aug.crop_area),
     tuple(float(a) for a in aug.crop_aspect),
-    float(aug.get("crop_min_object_covered", 0.1)),
+    float(aug.crop_min_object_covered),
     float(aug.eval_crop_fraction),
     bool(aug.flip),
     int(aug.randaugment_layers),
@@ -253,7 +253,7 @@ def _eval_fn(channels: int, size: int, crop_fraction: float):
 
 
 def _mixing(config: ml_collections.ConfigDict) -> bool:
-  return config.augment.get("mixup_alpha", 0.0) > 0 or config.augment.get("cutmix_alpha", 0.0) > 0
+  return config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
 
 
 @functools.lru_cache(maxsize=16)
@@ -300,7 +300,7 @@ def _train_epoch(
   seed = config.seed
   file_seed = _seed(seed, process_index, _FILE_ORDER, epoch)
   records = source.read(config.dataset.train_split, slice_start, slice_start + n, shuffle_seed=file_seed)
-  buffer = min(config.dataset.get("shuffle_buffer", 10_000), n)
+  buffer = min(config.dataset.shuffle_buffer, n)
   records = records.shuffle(buffer, seed=_seed(seed, process_index, _EXAMPLE_ORDER, epoch))
   first = epoch * n + skip  # Stream position of the first example read here.
   # Skipped records are read but never decoded: the skip comes before the map.

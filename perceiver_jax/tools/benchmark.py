@@ -72,7 +72,7 @@ def default_matmul_size(platform: str) -> int:
 
 
 def global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> int:
-  per_device = config.benchmark.get("batch_per_device")
+  per_device = config.benchmark.batch_per_device
   return per_device * num_devices if per_device else config.train.global_batch_size
 
 
@@ -100,7 +100,7 @@ def xla_step_flops(trainer: train.Trainer, train_state, batch) -> float:
   cost_analysis counts a loop body once, so the count is taken on a lowering with the repeats unrolled.
   """
   config = trainer.config
-  if config.model_name == "perceiver" and config.model.get("scan_repeats"):
+  if config.model_name == "perceiver" and config.model.scan_repeats:
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.scan_repeats = False
     trainer = train.Trainer(config, mesh=trainer.mesh, total_steps=trainer.total_steps)
@@ -144,9 +144,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # matmul already runs on all of them: the ceiling is one matmul on one device, however many there are
   # (several at once would measure the contention between them, not the machine).
   probe_mesh = parallel.make_mesh(mesh.devices.flat[:1]) if platform == "cpu" else mesh
-  probe, probe_flops = matmul_probe(
-    probe_mesh, dtype, bench.get("matmul_size") or default_matmul_size(platform)
-  )
+  probe, probe_flops = matmul_probe(probe_mesh, dtype, bench.matmul_size or default_matmul_size(platform))
   for _ in range(bench.warmup_steps):
     train_state, metrics = step(train_state, batch)
   _block(metrics)
@@ -216,9 +214,9 @@ def set_cpu_devices(config: ml_collections.ConfigDict) -> int | None:
   """
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return None
-  count = config.benchmark.get("cpu_devices")
+  count = config.benchmark.cpu_devices
   if count is None:
-    per_device = config.benchmark.get("batch_per_device")
+    per_device = config.benchmark.batch_per_device
     count = default_cpu_devices(os.cpu_count() or 1, None if per_device else config.train.global_batch_size)
   try:
     jax.config.update("jax_num_cpu_devices", int(count))

@@ -101,7 +101,7 @@ def abstract_inputs(trainer: train.Trainer, global_batch: int):
   shapes = jax.eval_shape(functools.partial(train.init_state, config, trainer.model, trainer.optimizer))
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
   spec = build.input_spec(config)  # One example's inputs, as the front end takes them.
-  soft = config.get("augment") and (config.augment.get("mixup_alpha") or config.augment.get("cutmix_alpha"))
+  soft = "augment" in config and (config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0)
   label = (
     jax.ShapeDtypeStruct((global_batch, config.dataset.num_classes), jnp.float32, sharding=shard)
     if soft
@@ -210,7 +210,7 @@ def compile_for_topology(
     "per_chip_batch": per_chip_batch,
     "global_batch": global_batch,
     "precision": trainer.config.precision,
-    "remat": bool(trainer.config.model.get("remat", False)),
+    "remat": bool("remat" in trainer.config.model and trainer.config.model.remat),
     "lower_s": lower_s,
     "compile_s": compile_s,
     "hbm_gb": hbm,

@@ -41,7 +41,7 @@ def _model_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
 
 def front_end_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
   """The class `config.input.front_end` names (front_ends.FRONT_ENDS)."""
-  name = config.input.get("front_end", "image")
+  name = config.input.front_end
   if name not in FRONT_ENDS:
     known = ", ".join(sorted(FRONT_ENDS))
     raise ValueError(f"input.front_end={name!r} is unknown; known front ends: {known}.")
@@ -87,7 +87,7 @@ def model_module(config: ml_collections.ConfigDict, grid_shape=None) -> hk.Modul
     if grid_shape is None:
       raise ValueError(
         f"model_name={config.model_name!r} needs a 2-D grid of tokens, and input.front_end="
-        f"{config.input.get('front_end', 'image')!r} gives none; use the image front end."
+        f"{config.input.front_end!r} gives none; use the image front end."
       )
     kwargs["grid_shape"] = tuple(grid_shape)
   return cls(**kwargs, name=config.model_name)
@@ -124,7 +124,7 @@ def make_model(config: ml_collections.ConfigDict, platform: str | None = None) -
     if return_attention:
       kwargs["return_attention"] = True
     # config.precision: float32 parameters, compute in float32 or bfloat16, logits back in float32.
-    with precision.policy_scope(type(model), config.get("precision", "float32")):
+    with precision.policy_scope(type(model), config.precision):
       return model(tokens, is_training=is_training, **kwargs)
 
   return hk.transform_with_state(forward)

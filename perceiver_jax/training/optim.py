@@ -33,7 +33,7 @@ def make_schedule(
   if opt.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end_value=0.0)
   if opt.schedule == "constant_cosine":
-    fraction = opt.get("constant_fraction", 0.5)
+    fraction = opt.constant_fraction
     if not 0 <= fraction < 1:
       raise ValueError(f"optimizer.constant_fraction={fraction} must be in [0, 1).")
     flat = max(int(round(fraction * total_steps)), warmup)

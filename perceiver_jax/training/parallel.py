@@ -50,12 +50,6 @@ def shard_batch(mesh: Mesh, local_batch):
   return jax.tree.map(put, local_batch)
 
 
-def replicate(mesh: Mesh, tree):
-  """Puts host values that are identical on every process on all devices of the mesh."""
-  sharding = replicated(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda _: x), tree)
-
-
 def prefetch(batches: Iterable, mesh: Mesh, size: int = 2) -> Iterator:
   """Lays batches on the devices `size` ahead of use, so host input overlaps device compute."""
   queue = collections.deque()

@@ -260,11 +260,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   t = config.train
   names = ("global_batch_size", "eval_batch_size", "log_every", "eval_every")
   check_positive("train.", **{name: t[name] for name in names})
-  if (t.num_steps is None) == (t.get("num_epochs") is None):
+  if (t.num_steps is None) == (t.num_epochs is None):
     raise ValueError(f"Set exactly one of train.num_steps={t.num_steps} and train.num_epochs={t.num_epochs}.")
   if t.num_steps is not None:
     check_positive("train.", num_steps=t.num_steps)
-  if t.get("num_epochs") is not None and t.num_epochs <= 0:
+  if t.num_epochs is not None and t.num_epochs <= 0:
     raise ValueError(f"train.num_epochs={t.num_epochs!r} must be positive.")
   if t.profile_steps < 0:
     raise ValueError(f"train.profile_steps={t.profile_steps} must be 0 (off) or a number of steps to trace.")
@@ -278,7 +278,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(steps per epoch, total steps) of the run."""
   t = config.train
-  examples = config.dataset.get("num_train_examples") or data.num_examples(config, "train")
+  examples = config.dataset.num_train_examples or data.num_examples(config, "train")
   steps_per_epoch = max(1, math.ceil(examples / t.global_batch_size))
   total = t.num_steps if t.num_steps is not None else int(round(t.num_epochs * steps_per_epoch))
   return steps_per_epoch, total
