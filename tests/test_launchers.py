@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 
-from test_checkpoint import ROOT, TINY, child_env
+from conftest import ROOT, TINY, child_env
 
 CONFIG = f"--config=configs/digits.py:{TINY},num_steps=4,checkpoint.every=4,log_every=2,eval_every=4"
 RUN = (CONFIG, "--notensorboard")

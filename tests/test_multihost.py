@@ -1,6 +1,6 @@
 """Multi-process training: 2 processes x 2 CPU devices over gloo against 1 process x 4 devices.
 
-Both are subprocesses of experiments/train.py (through the helper entry point of test_checkpoint.py), with
+Both are subprocesses of experiments/train.py (through the helper entry point `conftest.HELPER`), with
 `--local_device_count` giving each its devices. The 2-process run is preempted by a SIGTERM to process 1
 only: both processes must agree to stop at the same step, save, and resume from it when restarted.
 SGD keeps the comparison with the 4-device run tight: the two sum gradients over the 4 devices in a
@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_checkpoint import ROOT, TINY, child_env, steps, train_command
+from conftest import ROOT, TINY, child_env, steps, train_command
 
 from perceiver_jax.training import distributed, train
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_checkpoint import child_env, run
+from conftest import assert_trees_close, child_env, run
 
 from perceiver_jax import Perceiver, dot_product_attention
 from perceiver_jax.tools import benchmark, flops
@@ -23,11 +23,6 @@ def randomize(params, seed=1):
   return jax.tree.unflatten(
     tree, [0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
   )
-
-
-def assert_trees_close(a, b, rtol, atol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def reference_attention(q, k, v, mask):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_trees_close
 
 from perceiver_jax import data
 from perceiver_jax.training import parallel, train
@@ -38,11 +39,6 @@ def run_steps(config, mesh, num_steps=2):
     state, m = trainer.train_step(state, parallel.shard_batch(mesh, next(batches)))
     metrics.append(m)
   return jax.device_get(state), jax.device_get(metrics)
-
-
-def assert_trees_close(a, b, rtol, atol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def test_eight_devices_equal_one_device_and_pmap(config_loader):

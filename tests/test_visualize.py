@@ -13,20 +13,18 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import ROOT, load_config
 
 from perceiver_jax import data
 from perceiver_jax.tools import visualize
 from perceiver_jax.training import build, train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_IMAGES = 4
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
   """The workdir of a tiny digits run of two steps, trained by train_and_evaluate."""
-  from conftest import load_config
-
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   config = load_config(
     "digits", "runlocal,permuted_random,num_latents=8,latent_channels=16,num_self_attends_per_block=0"
