@@ -91,6 +91,7 @@ def test_load_run_of_a_missing_or_unfinished_workdir_says_so(tmp_path, config_lo
     train.load_run(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_then_restart_equals_uninterrupted_run(reference, tmp_path, cache_dir):
   ref_dir, ref = reference
   workdir = tmp_path / "run"
@@ -125,6 +126,7 @@ def test_sigterm_mid_run_then_restart_equals_uninterrupted_run(reference, tmp_pa
   assert [m["step"] for m in logged if "train_loss" in m] == [4, 8, 12]  # None twice after the restart.
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, cache_dir):
   ref_dir, ref = reference
   workdir = tmp_path / "run"
@@ -152,6 +154,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp
   assert run12.step == 12 and checkpoint.params_checksum(run12.state.params) == ref["params_checksum"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reference, tmp_path, cache_dir):
   ref_dir, _ = reference
   workdir = tmp_path / "run"
@@ -170,6 +173,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reference, tm
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good.state))
 
 
+@pytest.mark.slow
 def test_evaluate_script_reproduces_the_final_eval(reference, tmp_path, cache_dir):
   ref_dir, ref = reference
   done = run([sys.executable, "experiments/evaluate.py", f"--workdir={ref_dir}"], child_env(cache_dir))

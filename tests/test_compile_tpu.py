@@ -11,6 +11,9 @@ from conftest import load_config
 from perceiver_jax.tools import compile_tpu, flops
 from perceiver_jax.training import parallel, train
 
+# Integration tests: subprocesses, TPU compiles or a trained reference run.
+pytestmark = pytest.mark.slow
+
 FIELDS = (
   "topology", "chip", "chips", "devices_per_chip", "hosts", "per_chip_batch", "global_batch", "precision",
   "remat", "lower_s", "compile_s", "eval_compile_s", "arguments_gb", "outputs_gb", "aliased_gb",

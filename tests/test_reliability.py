@@ -22,6 +22,9 @@ from perceiver_jax import config_args
 from perceiver_jax.tools import sweep, tables, visualize
 from perceiver_jax.training import checkpoint, parallel, run_files, train
 
+# Integration tests: subprocesses, TPU compiles or a trained reference run.
+pytestmark = pytest.mark.slow
+
 
 def tiny(**overrides):
   config = load_config("digits", TINY)

@@ -79,6 +79,7 @@ def sweep_command(root, launcher, *extra):
   ]
 
 
+@pytest.mark.slow
 def test_print_launcher_prints_one_command_per_point(tmp_path):
   done = subprocess.run(
     sweep_command(tmp_path, "print", "--config.train.num_steps=5"),
@@ -103,6 +104,7 @@ def test_print_launcher_prints_one_command_per_point(tmp_path):
   assert not any(tmp_path.iterdir())  # Printing runs nothing.
 
 
+@pytest.mark.slow
 def test_local_launcher_trains_a_2x2_sweep(tmp_path, cache_dir):
   cache = cache_dir  # Shared with test_checkpoint.py's runs of the same program.
   cmd = sweep_command(tmp_path, "local", "--", "--notensorboard")
