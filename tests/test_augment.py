@@ -178,6 +178,7 @@ def test_each_op_at_magnitude_5_has_the_reference_strength():
       assert len(rows) == 40 * 40 and rows.max() - rows.min() == 39 and cols.max() - cols.min() == 39
 
 
+@pytest.mark.slow
 def test_randaugment_applies_the_chosen_ops_and_draws_them_uniformly(photo):
   @tf.function
   def both(seed):
@@ -227,6 +228,7 @@ def _flat_fraction(layers, magnitude, draws):
   return flat / draws
 
 
+@pytest.mark.slow
 def test_no_augmented_photograph_is_flat_at_4_by_5():
   assert _flat_fraction(4, 5, 120) == 0.0
   # The statistic can fail: at 2 x 15 on this scale (factors clipped to 0, solarize at 256) some images are.

@@ -6,9 +6,13 @@ import re
 
 import jax
 import pytest
+from conftest import load_config
 
 from perceiver_jax.tools import compile_tpu, flops
 from perceiver_jax.training import parallel, train
+
+# Integration tests: subprocesses, TPU compiles or a trained reference run.
+pytestmark = pytest.mark.slow
 
 FIELDS = (
   "topology", "chip", "chips", "devices_per_chip", "hosts", "per_chip_batch", "global_batch", "precision",
@@ -24,8 +28,6 @@ def _local_config(config_loader, arg=""):
 
 @pytest.fixture(scope="module")
 def bf16_v5e(request):
-  from tests.conftest import load_config
-
   config = load_config("imagenet", "runlocal,precision=bfloat16,remat=True")
   return config, compile_tpu.compile_for_topology(config, "v5e:2x2", 2, keep_compiled=True)
 

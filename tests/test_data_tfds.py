@@ -71,6 +71,7 @@ def no_mixing(config):
   return config
 
 
+@pytest.mark.slow
 def test_train_batches_shapes_ranges_and_first_epoch(fake_imagenet):
   config = no_mixing(imagenet_config(fake_imagenet))
   batches = take(data.train_batches(config), 3)
@@ -88,6 +89,7 @@ def test_train_batches_shapes_ranges_and_first_epoch(fake_imagenet):
   assert collections.Counter(first_epoch.tolist()) == {0: 4, 59: 4, 230: 4}
 
 
+@pytest.mark.slow
 def test_train_slices_of_two_processes_cover_the_split(fake_imagenet):
   config = no_mixing(imagenet_config(fake_imagenet))
   labels = []
@@ -156,6 +158,7 @@ def test_eval_batches_ask_jax_for_the_process(fake_imagenet, monkeypatch):
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
 
 
+@pytest.mark.slow
 def test_start_step_reproduces_the_stream(fake_imagenet):
   # Exactly reproducible: the whole batch (example order, crops, flips, RandAugment) for a fixed process
   # count; 12 examples in batches of 8 make steps 1 and 4 straddle epochs.
@@ -172,6 +175,7 @@ def test_start_step_reproduces_the_stream(fake_imagenet):
   assert not np.array_equal(take(tfds_input.train_batches(config), 1)[0]["inputs"], from_zero[0]["inputs"])
 
 
+@pytest.mark.slow
 def test_mixup_cutmix_soft_labels_and_resume(fake_imagenet):
   config = imagenet_config(fake_imagenet)
   assert (config.augment.mixup_alpha, config.augment.cutmix_alpha) == (0.2, 1.0)  # The default recipe.
@@ -271,6 +275,7 @@ def test_missing_tars(tmp_path):
   assert "ILSVRC2012_img_val.tar" in message  # Named in the how-to, though present.
 
 
+@pytest.mark.slow
 def test_prepare_script_fails_cleanly(tmp_path):
   result = subprocess.run(
     [
@@ -376,6 +381,7 @@ def test_flip_is_exact_and_fair():
 # End to end: the real trainer on the fake ImageNet.
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_fake_imagenet(fake_imagenet, tmp_path):
   from perceiver_jax.training import train
 

@@ -15,7 +15,11 @@ import stat
 import subprocess
 import sys
 
-from test_checkpoint import ROOT, TINY, child_env
+import pytest
+from conftest import ROOT, TINY, child_env
+
+# Integration tests: subprocesses, TPU compiles or a trained reference run.
+pytestmark = pytest.mark.slow
 
 CONFIG = f"--config=configs/digits.py:{TINY},num_steps=4,checkpoint.every=4,log_every=2,eval_every=4"
 RUN = (CONFIG, "--notensorboard")

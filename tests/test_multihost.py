@@ -1,6 +1,6 @@
 """Multi-process training: 2 processes x 2 CPU devices over gloo against 1 process x 4 devices.
 
-Both are subprocesses of experiments/train.py (through the helper entry point of test_checkpoint.py), with
+Both are subprocesses of experiments/train.py (through the helper entry point `conftest.HELPER`), with
 `--local_device_count` giving each its devices. The 2-process run is preempted by a SIGTERM to process 1
 only: both processes must agree to stop at the same step, save, and resume from it when restarted.
 SGD keeps the comparison with the 4-device run tight: the two sum gradients over the 4 devices in a
@@ -8,7 +8,6 @@ different order (gloo across processes, XLA within one), and Adam would turn the
 differences in near-zero gradients (the attention key biases have zero gradient) into full-size steps.
 """
 
-import glob
 import json
 import re
 import signal
@@ -20,7 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_checkpoint import ROOT, TINY, child_env, steps, train_command
+from conftest import ROOT, TINY, child_env, steps, train_command
 
 from perceiver_jax.training import distributed, train
 
@@ -68,6 +67,7 @@ def wait_all(procs, logs, timeout=300) -> list[str]:
   return texts
 
 
+@pytest.mark.slow
 def test_two_processes_agree_on_preemption_and_match_four_devices(tmp_path):
   workdir, ref_dir = tmp_path / "run", tmp_path / "reference"
   logs = [tmp_path / "log0", tmp_path / "log1"]
@@ -124,7 +124,7 @@ def test_two_processes_agree_on_preemption_and_match_four_devices(tmp_path):
   print("2x2 and 1x4 parameters bitwise equal:", ref["params_checksum"] == checksums[0][0])
 
 
-def test_no_cluster_no_distributed(monkeypatch):
+def test_cluster_is_detected_only_inside_a_multi_task_step_or_on_tpu_chips(monkeypatch):
   for var in (
     "SLURM_JOB_ID",
     "SLURM_STEP_NODELIST",
@@ -133,16 +133,28 @@ def test_no_cluster_no_distributed(monkeypatch):
     "TPU_WORKER_HOSTNAMES",
   ):
     monkeypatch.delenv(var, raising=False)
+  # The TPU chips this machine shows: none, whatever machine the test runs on.
+  chips = []
+  monkeypatch.setattr(distributed.glob, "glob", lambda pattern: list(chips))
   monkeypatch.setattr(distributed, "_initialized", False)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: pytest.fail("initialize was called"))
-  if not glob.glob("/dev/accel*"):
-    assert distributed.detected_cluster() is None
-    assert distributed.initialize() is False
+  assert distributed.detected_cluster() is None
+  assert distributed.initialize() is False
   monkeypatch.setenv("SLURM_JOB_ID", "7")  # A batch script's own shell: not a task of a multi-task step.
   monkeypatch.setenv("SLURM_NTASKS", "16")
-  assert distributed.detected_cluster() in (None, "tpu")
+  assert distributed.detected_cluster() is None
   monkeypatch.setenv("SLURM_STEP_NODELIST", "node[1-2]")
   assert distributed.detected_cluster() == "slurm"
+  for var in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_STEP_NODELIST"):
+    monkeypatch.delenv(var)
+  monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+  assert distributed.detected_cluster() == "ompi"
+  monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+  chips.append("/dev/accel0")  # A Cloud TPU VM: chips (and libtpu, in the test extra).
+  assert distributed.detected_cluster() == "tpu"
+  chips.clear()
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "host0,host1")  # A GKE TPU pod names its hosts.
+  assert distributed.detected_cluster() == "tpu"
 
 
 def test_explicit_coordinator_starts_gloo_and_jax_distributed(monkeypatch):
@@ -191,6 +203,7 @@ def _startup(*argvs):
   return [(p.wait(timeout=120), p.stdout.read()) for p in procs]
 
 
+@pytest.mark.slow
 def test_start_up_fails_fast_with_one_line():
   start = time.time()
   # A lone process 0 of 2, and a lone process 1 of 2 whose coordinator is not there.

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_checkpoint import child_env, run
+from conftest import assert_trees_close, child_env, run
 
 from perceiver_jax import Perceiver, dot_product_attention
 from perceiver_jax.tools import benchmark, flops
@@ -23,11 +23,6 @@ def randomize(params, seed=1):
   return jax.tree.unflatten(
     tree, [0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
   )
-
-
-def assert_trees_close(a, b, rtol, atol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def reference_attention(q, k, v, mask):
@@ -61,6 +56,7 @@ def attention_values_and_grads(impl, chunk, q, k, v, mask, cotangent):
   return out(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "impl,chunk,kv_heads,num_queries",
   [
@@ -124,6 +120,7 @@ def reference():
   return tokens, mask, params, logits, grads, weights
 
 
+@pytest.mark.slow
 def test_scanned_repeats_agree_with_unrolled(reference):
   """Same parameter tree, logits, gradients and per-cross-attend weights (the scan's stacked outputs)."""
   tokens, mask, params, logits, grads, weights = reference
@@ -135,6 +132,7 @@ def test_scanned_repeats_agree_with_unrolled(reference):
   assert_trees_close(got_weights, weights, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "switches",
   [
@@ -153,6 +151,7 @@ def bench_config(config_loader, arg="runlocal"):
   return config_loader("benchmark", arg)
 
 
+@pytest.mark.slow
 def test_bfloat16_logits_agree_with_float32(config_loader):
   config = bench_config(config_loader)
   images = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3))
@@ -184,6 +183,7 @@ def test_bench_small_flops_match_the_readme(config_loader):
   assert benchmark.model_forward_flops(paper) / 1e9 == pytest.approx(707.2, rel=0.01)
 
 
+@pytest.mark.slow
 def test_benchmark_tool_prints_every_field_and_bfloat16_training_stays_finite(config_loader, capsys):
   """The real train step (forward, backward, Adam) three times in bfloat16 on 8 devices."""
   config = bench_config(config_loader, "runlocal,bfloat16")
@@ -222,6 +222,7 @@ def test_an_explicit_device_count_is_kept(config_loader):
   assert jax.local_device_count() == 8
 
 
+@pytest.mark.slow
 def test_benchmark_script_runs_on_the_cpu_devices_of_its_config():
   """scripts/benchmark.py in a fresh process without a device flag: the config's count of CPU devices."""
   command = [sys.executable, "scripts/benchmark.py", "--config=configs/benchmark.py:runlocal,cpu_devices=2"]

@@ -6,6 +6,7 @@ import sys
 import haiku as hk
 import jax
 import numpy as np
+import pytest
 
 from perceiver_jax.front_ends import images
 from perceiver_jax.training import build
@@ -23,6 +24,7 @@ def find_order(permuted, raw):
   return matches.argmax(-1)  # [B, M]
 
 
+@pytest.mark.slow
 def test_fixed_permutation_is_the_same_everywhere(config_loader):
   config, raw_config = config_loader("digits", "permuted"), config_loader("digits")
   pixels = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 1))

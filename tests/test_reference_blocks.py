@@ -22,6 +22,7 @@ def _loss_and_grads(apply, params, *args):
   return jax.value_and_grad(lambda p, *a: jnp.sum(jnp.sin(apply(p, *a))), argnums=(0, 1, 2))(params, *args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "platform, kwargs",
   [
@@ -60,6 +61,7 @@ def test_cross_attention_block_equals_the_reference(platform, kwargs):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("platform", ["cpu", "tpu"])
 def test_self_attention_block_equals_the_reference(platform):
   rng = np.random.default_rng(1)

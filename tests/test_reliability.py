@@ -16,18 +16,14 @@ import sys
 
 import jax
 import pytest
-from conftest import ROOT, load_config
-from test_checkpoint import child_env
+from conftest import ROOT, TINY, child_env, load_config, steps
 
 from perceiver_jax import config_args
 from perceiver_jax.tools import sweep, tables, visualize
 from perceiver_jax.training import checkpoint, parallel, run_files, train
 
-TINY = (
-  "runlocal,num_latents=8,latent_channels=16,num_cross_attends=1,num_latent_transformers=1,"
-  "num_self_attends_per_block=1,num_self_heads=2,num_steps=12,checkpoint.every=4,keep=3,log_every=4,"
-  "eval_every=12"
-)
+# Integration tests: subprocesses, TPU compiles or a trained reference run.
+pytestmark = pytest.mark.slow
 
 
 def tiny(**overrides):
@@ -64,10 +60,6 @@ def copy_run(reference, tmp_path, finished=False):
 def snapshot(workdir):
   """{relative path: bytes} of every file under `workdir`."""
   return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
-
-
-def steps(workdir):
-  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 def test_missing_item_directory_and_torn_metrics_line_resume_bit_identical(reference, tmp_path, caplog):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from test_checkpoint import ROOT, TINY, child_env
+from conftest import ROOT, TINY, child_env
 
 from perceiver_jax.tools import sweep
 from perceiver_jax.training import checkpoint
@@ -79,6 +79,7 @@ def sweep_command(root, launcher, *extra):
   ]
 
 
+@pytest.mark.slow
 def test_print_launcher_prints_one_command_per_point(tmp_path):
   done = subprocess.run(
     sweep_command(tmp_path, "print", "--config.train.num_steps=5"),
@@ -103,9 +104,9 @@ def test_print_launcher_prints_one_command_per_point(tmp_path):
   assert not any(tmp_path.iterdir())  # Printing runs nothing.
 
 
-def test_local_launcher_trains_a_2x2_sweep(tmp_path, tmp_path_factory):
-  cache = tmp_path_factory.getbasetemp() / "jax_cache"  # Shared with test_checkpoint.py's runs.
-  cache.mkdir(exist_ok=True)
+@pytest.mark.slow
+def test_local_launcher_trains_a_2x2_sweep(tmp_path, cache_dir):
+  cache = cache_dir  # Shared with test_checkpoint.py's runs of the same program.
   cmd = sweep_command(tmp_path, "local", "--", "--notensorboard")
   done = subprocess.run(cmd, cwd=ROOT, env=child_env(cache), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]

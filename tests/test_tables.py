@@ -207,6 +207,7 @@ def test_write_report_writes_markdown_csv_and_curves(digits_runs, tmp_path):
   assert run.curve() == ([50, 100], [80.0, 97.0])
 
 
+@pytest.mark.slow
 def test_make_tables_script(digits_runs, tmp_path):
   out = str(tmp_path / "script_out")
   subprocess.run(

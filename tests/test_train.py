@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_trees_close
 
 from perceiver_jax import data
 from perceiver_jax.training import parallel, train
@@ -40,11 +41,7 @@ def run_steps(config, mesh, num_steps=2):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-def assert_trees_close(a, b, rtol, atol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
-
+@pytest.mark.slow
 def test_eight_devices_equal_one_device_and_pmap(config_loader):
   config = step_config(config_loader)
   assert jax.device_count() == 8
@@ -82,8 +79,12 @@ def test_eight_devices_equal_one_device_and_pmap(config_loader):
   )
 
 
-def test_random_permutation_differs_per_example_and_device_count_does_not_matter(config_loader):
-  """Per-example keys come from global example indices, not from the device an example lands on."""
+def test_example_keys_differ_per_example_and_depend_only_on_the_global_index():
+  """Per-example keys come from global example indices, not from the device an example lands on.
+
+  That the device count then changes nothing is test_eight_devices_equal_one_device_and_pmap's check
+  (its config permutes every example at random).
+  """
   keys = train.example_keys(jax.random.PRNGKey(0), 5, 3)
   perms = np.asarray(jax.vmap(lambda k: jax.random.permutation(k, 64))(keys))
   assert len({tuple(p) for p in perms}) == 3
@@ -93,6 +94,7 @@ def test_random_permutation_differs_per_example_and_device_count_does_not_matter
   np.testing.assert_array_equal(perms[1:], again)
 
 
+@pytest.mark.slow
 def test_eval_counts_every_example_exactly_once(config_loader):
   config = step_config(config_loader, "")
   config.train.eval_batch_size = 96  # 359 test images: the last batch is mostly padding.
@@ -105,6 +107,7 @@ def test_eval_counts_every_example_exactly_once(config_loader):
   assert sorted(labels.tolist()) == sorted(data.digits._arrays(config, "eval")[1].tolist())
 
 
+@pytest.mark.slow
 def test_short_digits_run_learns(config_loader, tmp_path):
   config = config_loader("digits", "runlocal")
   config.train.update(num_steps=120, log_every=20, eval_every=120)

@@ -13,20 +13,18 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import ROOT, load_config
 
 from perceiver_jax import data
 from perceiver_jax.tools import visualize
 from perceiver_jax.training import build, train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_IMAGES = 4
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
   """The workdir of a tiny digits run of two steps, trained by train_and_evaluate."""
-  from conftest import load_config
-
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
   config = load_config(
     "digits", "runlocal,permuted_random,num_latents=8,latent_channels=16,num_self_attends_per_block=0"
@@ -57,6 +55,7 @@ def with_permutation(config, permutation):
   return config
 
 
+@pytest.mark.slow
 def test_attention_weights_are_distributions_and_cost_nothing_when_not_asked(loaded):
   run, images, keys, _ = loaded
   config, params, state = run.config, run.state.params, run.state.state
@@ -92,6 +91,7 @@ def test_attention_weights_are_distributions_and_cost_nothing_when_not_asked(loa
   assert cost_plain["bytes accessed"] < cost_asked["bytes accessed"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("permutation", ["fixed", "random"])
 def test_unpermuted_maps_equal_maps_of_the_unpermuted_image(loaded, permutation):
   run, images, keys, reference = loaded
@@ -155,6 +155,7 @@ def _assert_picture(path):
   assert len(np.unique(pixels[..., :3].reshape(-1, 3), axis=0)) > 20  # More than a frame and a fill.
 
 
+@pytest.mark.slow
 def test_script_writes_pictures_and_index(trained_run, tmp_path):
   out = tmp_path / "pictures"
   result = _script(f"--workdir={trained_run}", "--examples=2", "--latents=2", f"--out={out}")
@@ -170,6 +171,7 @@ def test_script_writes_pictures_and_index(trained_run, tmp_path):
   assert "permutation `random`" in index
 
 
+@pytest.mark.slow
 def test_unfinished_workdir_is_file_not_found(trained_run, tmp_path):
   unfinished = tmp_path / "unfinished"
   unfinished.mkdir()
@@ -178,6 +180,7 @@ def test_unfinished_workdir_is_file_not_found(trained_run, tmp_path):
     visualize.load(str(unfinished))
 
 
+@pytest.mark.slow
 def test_missing_workdir_is_one_clear_message(tmp_path):
   missing = tmp_path / "no_such_run"
   result = _script(f"--workdir={missing}")
