@@ -8,6 +8,7 @@ TensorFlow's own GCS filesystem (TensorBoard events, tf.data) has its endpoint c
 sent to an emulator: those layers are checked on TensorFlow's in-memory `ram://` filesystem instead.
 """
 
+import ast
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from http import HTTPStatus
 
 import jax
 import pytest
-from conftest import load_config
+from conftest import ROOT, load_config
 from etils import epath
 
 from perceiver_jax import data
@@ -189,23 +190,60 @@ def test_train_preempt_resume_evaluate_tables_on_gcs(gcs, tmp_path, monkeypatch)
   assert f"{100 * reference['eval']['top1']:.1f}" in markdown
 
 
-def test_tensorboard_events_and_run_files_on_tensorflow_ram_filesystem():
-  """TensorBoard events go through TensorFlow's filesystem (not epath): here on its in-memory ram://."""
+def test_tensorboard_events_on_tensorflow_ram_filesystem(tmp_path):
+  """TensorBoard events go through TensorFlow's filesystem, not epath: here its in-memory ram://."""
   import tensorflow as tf
 
-  workdir = "ram://tb_run"
-  writer = metric_writer.MetricWriter(workdir)
+  events_dir = "ram://perceiver_tb"
+  writer = metric_writer.MetricWriter(str(tmp_path), events_dir=events_dir)
   values = {4: 2.25, 8: 1.5}
   for step, loss in values.items():
     writer.write(step, {"train_loss": loss})
   writer.close()
-  # metrics.jsonl went through epath (tf.io.gfile here: EPATH_USE_TF is not false in this test).
-  assert [r["train_loss"] for r in run_files.read_jsonl(f"{workdir}/{run_files.METRICS}")] == [2.25, 1.5]
-  events = tf.io.gfile.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
-  assert len(events) == 1 and not os.path.exists("ram:")  # Not on the local disk.
+  assert [r["train_loss"] for r in run_files.read_jsonl(tmp_path / run_files.METRICS)] == [2.25, 1.5]
+  events = tf.io.gfile.glob(f"{events_dir}/events.out.tfevents.*")
+  assert len(events) == 1 and not any(tmp_path.rglob("*tfevents*"))  # In TF's memory, not on the disk.
   read = {}
-  for record in tf.data.TFRecordDataset(events):
+  for record in tf.data.TFRecordDataset(events):  # tf.data reads the same filesystem.
     event = tf.compat.v1.Event.FromString(record.numpy())
     for value in event.summary.value:
       read[event.step] = float(tf.make_ndarray(value.tensor))
   assert read == values
+
+
+# Files that touch no run path: the peers' benchmark harness, a benchmark's local scratch directory, and
+# the sweep entry point's path to experiments/train.py.
+_NOT_RUN_PATHS = {"scripts/compare_peers.py", "scripts/benchmark_input.py", "scripts/sweep.py"}
+_OS_FILE_CALLS = {
+  "makedirs",
+  "mkdir",
+  "replace",
+  "rename",
+  "remove",
+  "unlink",
+  "rmdir",
+  "listdir",
+  "scandir",
+  "walk",
+}
+
+
+def test_no_os_path_on_run_paths():
+  """Run paths go through epath (TensorFlow's filesystem for events): no os.path, os file calls, open()."""
+  files = [*ROOT.glob("perceiver_jax/**/*.py"), *ROOT.glob("experiments/*.py"), *ROOT.glob("scripts/*.py")]
+  found = []
+  for file in sorted(files):
+    name = file.relative_to(ROOT).as_posix()
+    if name in _NOT_RUN_PATHS:
+      continue
+    for node in ast.walk(ast.parse(file.read_text())):
+      bad = None
+      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os":
+        bad = "os.path" if node.attr == "path" else f"os.{node.attr}" if node.attr in _OS_FILE_CALLS else None
+      elif isinstance(node, ast.ImportFrom) and node.module in ("os", "os.path"):
+        bad = f"from {node.module} import"
+      elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
+        bad = "open()"
+      if bad:
+        found.append(f"{name}:{node.lineno} {bad}")
+  assert len(files) > 40 and not found, found

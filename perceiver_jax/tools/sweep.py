@@ -15,6 +15,7 @@ import functools
 import importlib.util
 import itertools
 import os
+import pathlib
 import shlex
 import signal
 import subprocess
@@ -139,7 +140,7 @@ def validate(runs: Sequence[SweepRun]) -> None:
     config = next(a for a in run.args if a.startswith("--config="))[len("--config=") :]
     path, _, arg = config.partition(":")
     spec = importlib.util.spec_from_file_location("sweep_config", path)
-    if spec is None or not os.path.exists(path):
+    if spec is None or not pathlib.Path(path).is_file():  # A local file: importlib reads it.
       raise FileNotFoundError(f"Config file {path!r} does not exist.")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
