@@ -8,9 +8,11 @@ are cached in `<workdir>/jax_cache`, so the second and third seeds of a row skip
 
 import importlib.util
 import os
+import pathlib
 
 import jax
 from absl import flags
+from etils import epath
 
 from perceiver_jax import cli
 from perceiver_jax.tools import reproduce, tables
@@ -25,7 +27,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def _get_config(suite):
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", _CONFIGS[suite])
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / _CONFIGS[suite]
   spec = importlib.util.spec_from_file_location(f"configs_{suite}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -34,7 +36,7 @@ def _get_config(suite):
 
 def main(argv):
   del argv
-  jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", os.fspath(epath.Path(_WORKDIR.value) / "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   print(
     reproduce.run_suite(

@@ -10,13 +10,15 @@ add `--coordinator_address=host:port --num_processes=N --process_id=i`.
 """
 
 import os
+import pathlib
 
 from absl import flags, logging
+from etils import epath
 
 from perceiver_jax import cli
 from perceiver_jax.training import distributed, train
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "digits.py")
+_DEFAULT_CONFIG = os.fspath(pathlib.Path(__file__).parent / ".." / "configs" / "digits.py")
 _CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "Config file[:variants].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<dataset name>).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
@@ -46,7 +48,7 @@ def main(argv):
   )
   config = _CONFIG.value
   distributed.check_same_config(config)
-  workdir = _WORKDIR.value or os.path.join("workdirs", config.dataset.name)
+  workdir = _WORKDIR.value or os.fspath(epath.Path("workdirs") / config.dataset.name)
   results = train.train_and_evaluate(
     config, workdir, tensorboard=_TENSORBOARD.value, accept_config_change=_ACCEPT_CHANGE.value
   )

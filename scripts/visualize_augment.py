@@ -11,11 +11,11 @@ the first half and CutMix on the second, titled with the weight of the first pho
 """
 
 import io
-import os
 import sys
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from ml_collections import config_flags
@@ -101,11 +101,13 @@ def draw(config, photo: bytes, other: bytes, rows: int, cols: int, path: str) ->
     f"CutMix {aug.cutmix_alpha}, {size}x{size}",
     fontsize=8,
   )
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  buffer = io.BytesIO()
+  buffer, quantized = io.BytesIO(), io.BytesIO()
   fig.savefig(buffer, format="png")
   # 256 colours: a third of the bytes of the full-colour PNG, and the photographs still read.
-  Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
+  Image.open(buffer).convert("RGB").quantize(256).save(quantized, format="png", optimize=True)
+  out = epath.Path(path)  # Local or gs://.
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_bytes(quantized.getvalue())
   return path
 
 
@@ -118,13 +120,12 @@ def main(argv: list[str]) -> None:
     if flag.value is None:
       samples = samples or _sample_photographs()
       photos.append(samples[index])
-    elif not os.path.isfile(flag.value):
+    elif not epath.Path(flag.value).is_file():
       sys.exit(
         f"visualize_augment: --{flag.name}={flag.value!r} is not a file; give a JPEG or PNG photograph."
       )
     else:
-      with open(flag.value, "rb") as f:
-        photos.append(f.read())
+      photos.append(epath.Path(flag.value).read_bytes())
   print(f"Wrote {draw(_CONFIG.value, photos[0], photos[1], _ROWS.value, _COLS.value, _OUT.value)}")
 
 

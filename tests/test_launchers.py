@@ -18,6 +18,8 @@ import sys
 import pytest
 from conftest import ROOT, TINY, child_env
 
+from perceiver_jax.tools import sweep
+
 # Integration tests: subprocesses, TPU compiles or a trained reference run.
 pytestmark = pytest.mark.slow
 
@@ -134,6 +136,46 @@ def test_pod_launcher_trains_on_two_workers_and_fails_when_one_fails(tmp_path):
   assert detached.returncode == 1, detached.stdout[-2000:]
   assert "no_such_field" in detached.stdout and "exit status" in detached.stdout
   assert {"worker0.log", "worker1.log"} <= set(os.listdir(tmp_path / "repo" / "logs"))
+
+
+# The sweep's pod PYTHON: as POD_PYTHON, but host 1 of the run of seed=1 fails at once (its peer then
+# gives up after --initialization_timeout).
+SWEEP_POD_PYTHON = """#!/bin/sh
+case "$*" in *seed=1*) [ "$TPU_WORKER_ID" = 1 ] && echo "worker 1 failed" && exit 3 ;; esac
+exec "{python}" "$@" --coordinator_address=127.0.0.1:{port} --num_processes=2 --process_id=$TPU_WORKER_ID \\
+  --local_device_count=1 --initialization_timeout=10
+"""
+
+
+def test_sweep_tpu_pod_launcher_trains_each_run_on_the_pod_and_fails_with_a_host(tmp_path, monkeypatch):
+  python = _script(tmp_path / "pod_python", SWEEP_POD_PYTHON.format(python=sys.executable, port=_free_port()))
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  for name in ("experiments", "configs"):
+    (repo / name).symlink_to(ROOT / name)
+  env = _env(tmp_path, TPU_NAME="pod", ZONE="zone-a", REPO_DIR=str(repo), PYTHON=str(python))
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.delenv("DETACH", raising=False)
+  monkeypatch.chdir(ROOT)  # Where the printed scripts/launch_tpu_pod.sh commands run from.
+  echoed = []
+  config = CONFIG.removeprefix("--config=")
+  status = sweep.main(
+    config, ["seed=0,1"], str(tmp_path / "runs"), "tpu_pod", "t.py", ["--notensorboard"], echo=echoed.append
+  )
+  assert status == 1, echoed
+  finished = json.loads((tmp_path / "runs" / "seed=0" / "results.json").read_text())
+  assert finished["step"] == 4
+  assert not (tmp_path / "runs" / "seed=1" / "results.json").exists()
+  # One launch_tpu_pod.sh per run, the command of docs/scale_out.md; both reached gcloud's two workers.
+  assert [e.split()[0] for e in echoed[:1]] == ["scripts/launch_tpu_pod.sh"]
+  assert echoed[-1] == "# 1 of 2 runs failed: seed=1" and "# seed=1: exit status 1" in echoed
+  log = (tmp_path / "standin.log").read_text()
+  assert log.count("--worker=all") == 2 and "seed=0" in log and "seed=1" in log
+  # DETACH=1 (every run on the pod at once) is refused.
+  monkeypatch.setenv("DETACH", "1")
+  with pytest.raises(ValueError, match="DETACH=1"):
+    sweep.main(config, ["seed=0,1"], str(tmp_path / "runs"), "tpu_pod", "t.py")
 
 
 def test_slurm_script_trains_two_tasks_and_requeues_an_unfinished_run(tmp_path):

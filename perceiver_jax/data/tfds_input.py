@@ -514,9 +514,11 @@ def write_fake_imagenet(
   grayscale; the builder labels them from its own validation_labels.txt.
   """
   rng = np.random.default_rng(seed)
-  os.makedirs(manual_dir, exist_ok=True)
+  manual = epath.Path(manual_dir)
+  manual.mkdir(parents=True, exist_ok=True)
   sizes = list(sizes)
-  with tarfile.open(os.path.join(manual_dir, IMAGENET_TARS[0]), "w") as train:
+  train_tar, val_tar = io.BytesIO(), io.BytesIO()  # Written whole through epath (gs:// too).
+  with tarfile.open(fileobj=train_tar, mode="w") as train:
     for c, synset in enumerate(FAKE_SYNSETS):
       inner = io.BytesIO()
       with tarfile.open(fileobj=inner, mode="w") as class_tar:
@@ -531,8 +533,10 @@ def write_fake_imagenet(
             name, data = "n02105855_2933.JPEG", _encode(image, "PNG")
           _add(class_tar, name, data)
       _add(train, f"{synset}.tar", inner.getvalue())
-  with tarfile.open(os.path.join(manual_dir, IMAGENET_TARS[1]), "w") as val:
+  with tarfile.open(fileobj=val_tar, mode="w") as val:
     for i in range(num_val):
       height, width = sizes[i % len(sizes)]
       data = _encode(_fake_image(rng, height, width), "JPEG", mode="L" if i == 1 else "RGB")
       _add(val, f"ILSVRC2012_val_{i + 1:08d}.JPEG", data)
+  (manual / IMAGENET_TARS[0]).write_bytes(train_tar.getvalue())
+  (manual / IMAGENET_TARS[1]).write_bytes(val_tar.getvalue())

@@ -16,8 +16,10 @@ from typing import Any
 
 import ml_collections
 from absl import logging
+from etils import epath
 
 from perceiver_jax.tools import tables
+from perceiver_jax.training import run_files
 
 # (directory name, variant words) of the models and permutations of a suite; "" is the config's default.
 SUITES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {
@@ -54,7 +56,7 @@ def suite_runs(
     for permutation, permutation_word in permutation_words:
       for seed in seeds:
         words = ["reproduce", model_word, permutation_word, f"seed={seed}", extra]
-        runs.append((os.path.join(model, permutation, f"seed{seed}"), ",".join(w for w in words if w)))
+        runs.append((f"{model}/{permutation}/seed{seed}", ",".join(w for w in words if w)))
   return runs
 
 
@@ -88,8 +90,8 @@ def run_suite(
   runs = suite_runs(suite, seeds, models, extra)
   start = time.perf_counter()
   for i, (name, arg) in enumerate(runs):
-    run_dir = os.path.join(workdir, name)
-    if os.path.exists(os.path.join(run_dir, "results.json")):
+    run_dir = os.fspath(epath.Path(workdir) / name)
+    if (epath.Path(run_dir) / run_files.RESULTS).exists():
       logging.info("[%d/%d] %s: done already, skipped.", i + 1, len(runs), name)
       continue
     logging.info("[%d/%d] %s: training with arg %r.", i + 1, len(runs), name, arg)
@@ -112,5 +114,5 @@ def run_suite(
       results["eval"]["top1"],
       time.perf_counter() - start,
     )
-  finished = tables.find_runs([os.path.join(workdir, name) for name, _ in runs], missing_ok=True)
-  return tables.write_report(finished, os.path.join(workdir, "tables"), gflops_fn)
+  finished = tables.find_runs([os.fspath(epath.Path(workdir) / name) for name, _ in runs], missing_ok=True)
+  return tables.write_report(finished, os.fspath(epath.Path(workdir) / "tables"), gflops_fn)

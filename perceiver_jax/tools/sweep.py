@@ -5,8 +5,9 @@ such as `num_cross_attends` or a dotted path such as `optimizer.learning_rate`).
 product of the axes is one run: its overrides are appended to the config argument
 (`configs/imagenet.py:permuted,num_cross_attends=4,seed=1`) and its workdir is named after them
 (`<root>/num_cross_attends=4,seed=1`). Launchers: `local` trains the runs one after another in
-subprocesses, `print` prints their commands, `tpu_pod` and `slurm` print the commands that launch each on
-a Cloud TPU pod (`scripts/launch_tpu_pod.sh`) or a SLURM cluster (`scripts/slurm_multinode_gpu.sbatch`).
+subprocesses, `tpu_pod` one after another on a Cloud TPU pod (`scripts/launch_tpu_pod.sh`, each run on
+every host), `print` prints their commands and `slurm` the `sbatch` commands of a SLURM cluster
+(`scripts/slurm_multinode_gpu.sbatch`), one job each.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import importlib.util
 import itertools
 import os
+import pathlib
 import shlex
 import signal
 import subprocess
@@ -139,7 +141,7 @@ def validate(runs: Sequence[SweepRun]) -> None:
     config = next(a for a in run.args if a.startswith("--config="))[len("--config=") :]
     path, _, arg = config.partition(":")
     spec = importlib.util.spec_from_file_location("sweep_config", path)
-    if spec is None or not os.path.exists(path):
+    if spec is None or not pathlib.Path(path).is_file():  # A local file: importlib reads it.
       raise FileNotFoundError(f"Config file {path!r} does not exist.")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -214,14 +216,25 @@ def main(
   extra_args: Sequence[str] = (),
   echo: Callable[[str], None] = print,
 ) -> int:
-  """Plans, validates and launches (or prints) a sweep; the exit status for `scripts/sweep.py`."""
+  """Plans, validates and launches (or prints) a sweep; the exit status for `scripts/sweep.py`.
+
+  `local` and `tpu_pod` train the runs one after another (finished ones skipped) and return 1 when any
+  failed (for `tpu_pod`: on any host); `print` and `slurm` print one command per run.
+  """
   runs = plan(config, [parse_axis(s) for s in sweep_specs], workdir_root, extra_args)
   validate(runs)
   cmds = commands(runs, launcher, train_script, python=sys.executable if launcher == "local" else "python")
-  if launcher != "local":
+  if launcher in ("print", "slurm"):
     for cmd in cmds:
       echo(shlex.join(cmd))
     return 0
+  if launcher == "tpu_pod" and os.environ.get("DETACH", "0") == "1":
+    raise ValueError(
+      "DETACH=1 would start every run of the sweep on the pod at once; run the sweep without it (in tmux or "
+      "under nohup), so that each run holds the pod until it ends."
+    )
+  if launcher == "tpu_pod" and not pathlib.Path(TPU_POD_SCRIPT).is_file():
+    raise FileNotFoundError(f"{TPU_POD_SCRIPT} is not here; run the sweep from the repository's root.")
   failed = run_local(runs, cmds, echo)
   if failed:
     echo(f"# {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")

@@ -16,7 +16,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -411,6 +411,25 @@ def load_finished_run(path: str) -> FinishedRun:
   return FinishedRun(path, config, results, tuple(metrics))
 
 
+# Directories of a run that hold no runs: not searched (on gs:// every listing is a request).
+_NOT_RUNS = frozenset({"checkpoints", "corrupt_checkpoints", "tensorboard", "plugins"})
+
+
+def _run_directories(root: epath.Path) -> Iterator[epath.Path]:
+  """Every directory under `root` (itself included) that holds results.json and config.json.
+
+  Walked with `iterdir`, which joins names onto `root` on every filesystem; epath's `walk` through gcsfs
+  (EPATH_USE_TF=false) yields bucket-relative paths without their `gs://`.
+  """
+  children = list(root.iterdir())
+  names = {child.name for child in children}
+  if run_files.RESULTS in names and run_files.CONFIG in names:
+    yield root
+  for child in sorted(children):
+    if child.name not in _NOT_RUNS and child.is_dir():
+      yield from _run_directories(child)
+
+
 def find_runs(roots: Iterable[str], missing_ok: bool = False) -> list[FinishedRun]:
   """Every finished run (a directory with results.json and config.json) under `roots`, sorted by path.
 
@@ -426,9 +445,7 @@ def find_runs(roots: Iterable[str], missing_ok: bool = False) -> list[FinishedRu
       raise FileNotFoundError(f"--runs={root} is not a directory; pass the directory that holds the runs.")
     if not root_path.is_dir():
       continue
-    for directory, _, files in root_path.walk():  # Local, gs:// or any other epath filesystem.
-      if "results.json" in files and "config.json" in files:
-        paths.add(os.fspath(directory))
+    paths.update(os.fspath(d) for d in _run_directories(root_path))
   runs = []
   for path in sorted(paths):
     try:

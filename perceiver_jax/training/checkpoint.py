@@ -113,7 +113,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def directory(workdir: str) -> epath.Path:
   path = epath.Path(workdir) / CHECKPOINTS
   # orbax wants absolute paths; gs:// and other remote paths already are.
-  return path if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
+  return path if "://" in os.fspath(path) else path.resolve()
 
 
 def make_manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:

@@ -9,6 +9,7 @@ too but only from the real Cloud Storage endpoint.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -25,7 +26,9 @@ class MetricWriter:
   will log again.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, events_dir: str | None = None):
+    """`events_dir` (default `workdir/tensorboard`) is handed to tf.summary as it is: any TensorFlow
+    filesystem (gs://, ram://, ...), not only those of epath."""
     self.active = jax.process_index() == 0
     self._path = epath.Path(workdir) / run_files.METRICS
     self.records: list[dict[str, Any]] = run_files.read_jsonl(self._path) if self.active else []
@@ -35,7 +38,7 @@ class MetricWriter:
 
       tf.config.set_visible_devices([], "GPU")
       self._tf = tf
-      self._tb = tf.summary.create_file_writer(str(epath.Path(workdir) / "tensorboard"))
+      self._tb = tf.summary.create_file_writer(events_dir or os.fspath(epath.Path(workdir) / "tensorboard"))
 
   def keep_until(self, step: int) -> list[dict[str, Any]]:
     """Drops the records after `step` (they will be logged again); returns the eval history up to it."""
