@@ -41,7 +41,8 @@ def _clear_gcs_clients() -> None:
   import gcsfs
 
   gcsfs.GCSFileSystem.clear_instance_cache()  # fsspec keeps a client per set of arguments ...
-  epath.backend.fsspec_backend._get_filesystem.cache_clear()  # noqa: SLF001  ... and so does epath.
+  epath.backend.fsspec_backend._get_filesystem.cache_clear()  # noqa: SLF001  ... and so does epath,
+  epath.gpath._is_tf_installed.cache_clear()  # noqa: SLF001  which also caches EPATH_USE_TF's first value.
 
 
 def _move_to(request, response, storage, *args, **kwargs):
@@ -146,6 +147,7 @@ def _objects(prefix: str) -> list[str]:
   return sorted(name.removeprefix(key + "/") for name in gcsfs.GCSFileSystem().find(key))
 
 
+@pytest.mark.slow
 def test_train_preempt_resume_evaluate_tables_on_gcs(gcs, tmp_path, monkeypatch):
   config = load_config("digits", TINY)
   reference = train.train_and_evaluate(config, str(tmp_path / "local"), tensorboard=False)

@@ -110,6 +110,7 @@ def toy(monkeypatch, config_loader):
   return config
 
 
+@pytest.mark.slow
 def test_toy_sequence_modality_trains_through_the_registries_and_ignores_padding(toy, tmp_path):
   tokens = CHANNELS + pe.num_fourier_channels(1, 4)
   assert build.token_shape(toy) == (MAX_LENGTH, tokens)  # The trainer's tools ask the front end.

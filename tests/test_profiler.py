@@ -4,19 +4,17 @@ Run in a fresh process: jax.profiler's start_trace crashes a process that has lo
 (as the TPU compile tests do in this suite's workers), which a real run never does.
 """
 
-import os
-import pathlib
-import subprocess
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import pytest
+from conftest import child_env, run
 
 
+@pytest.mark.slow
 def test_profile_steps_trace_the_train_step_into_the_workdir(tmp_path):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
   cmd = [
     sys.executable,
-    str(REPO / "experiments" / "train.py"),
+    "experiments/train.py",
     "--config=configs/digits.py:runlocal",
     "--config.train.num_steps=6",
     "--config.train.log_every=2",
@@ -24,7 +22,7 @@ def test_profile_steps_trace_the_train_step_into_the_workdir(tmp_path):
     "--config.train.profile_steps=3",
     f"--workdir={tmp_path}",
   ]
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  proc = run(cmd, child_env(devices=None))
   assert proc.returncode == 0, proc.stderr[-3000:]
   traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
   # One trace, of the train step (steps 2..4, after the first compile); profile_steps=0 (the default) writes

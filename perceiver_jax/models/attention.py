@@ -395,12 +395,24 @@ def _split_heads(x, heads: int):
   return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
 
 
-class MultiHeadAttention(hk.Module):
-  """Projects queries, keys and values, attends per head, and projects back to `output_channels`.
+def _projection(name: str, input_size: int, output_size: int, norm=None):
+  """An `hk.Linear`'s (w, b) named `name`, with the LayerNorm (scale, offset) of its input folded in."""
+  wb = _DenseParams(name=name)(input_size, output_size)
+  return fold_norm(norm, *wb) if norm is not None else wb
 
-  Parameters `query`, `key`, `value`, `output` as `hk.Linear`s. Queries and keys/values can come
-  normalised with their LayerNorm's (scale, offset) (`query_norm`, `input_norm`), folded into the
-  projections. Self-attention (`keys_values is queries`) projects q, k and v in one matmul.
+
+class MultiHeadAttention(hk.Module):
+  """Multi-head attention with the projections of `hk.Linear`s `query`, `key`, `value` and `output`.
+
+  One method per use, all named like `__call__` (so they share one set of parameters, created in the
+  order key, value, query, output):
+  - `self_attention(x)`: q, k and v of the same tokens, projected in one matmul.
+  - `keys_values(inputs)`: the keys and values the queries of `cross_attention` read; computed once for a
+    weight-shared cross-attend that runs several times.
+  - `cross_attention(queries, inputs)`: queries attend to other tokens, through their projected keys and
+    values or, where `folds` says so, with the key and value projections folded into the queries.
+  Inputs can come normalised with their LayerNorm's (scale, offset) still to apply (`norm`, `query_norm`,
+  `input_norm`): it is folded into the projections.
   """
 
   def __init__(
@@ -437,70 +449,80 @@ class MultiHeadAttention(hk.Module):
     projected = n * m * qv + m * c * qv  # attention in Q/V channels, after projecting all M inputs
     return folded < projected
 
-  def __call__(
-    self,
-    queries,
-    keys_values,
-    mask=None,
-    *,
-    query_norm=None,
-    input_norm=None,
-    memory=None,
-    return_weights: bool = False,
-    memory_only: bool = False,
-  ):
-    """queries [B, N, D], keys_values [B, M, C], mask bool [B, M] -> [B, N, output_channels].
+  @hk.name_like("__call__")
+  def key_value_weights(self, channels: int, norm=None):
+    """The key projection's w and the value projection's (w, b), for inputs of `channels`; the key bias
+    shifts whole rows of logits, which softmax ignores: it is never applied."""
+    wk, _ = _projection("key", channels, self.qk_channels, norm)
+    wv, bv = _projection("value", channels, self.v_channels, norm)
+    return wk, wv, bv
 
-    Args:
-      query_norm, input_norm: the (scale, offset) of the LayerNorm whose `normalize` the queries /
-        keys_values already went through; None if they are used as given.
-      memory: keys and values from an earlier `memory_only` call on the same keys_values (weight-shared
-        repeats compute them once).
-      return_weights: also return the attention weights [B, H, N, M].
-      memory_only: return only the keys and values ([B, M, H, Q], [B, M, H, V]), or None when folded.
+  @hk.name_like("__call__")
+  def _attend(self, q, k, v, mask, *, chunk_size=None, return_weights=False, scale=None):
+    """Per-head attention, then the output projection: -> [B, N, output_channels] (and the weights)."""
+    w_out, b_out = _projection("output", self.v_channels, self.output_channels)
+    impl = self.attention_impl
+    result = dot_product_attention(
+      q, k, v, mask, impl=impl, chunk_size=chunk_size, return_weights=return_weights, scale=scale
+    )
+    out, weights = result if return_weights else (result, None)  # [B, N, H, V], [B, H, N, M]
+    out = _dense(out.reshape(*out.shape[:-2], self.v_channels), w_out, b_out)
+    return (out, weights) if return_weights else out
+
+  @hk.name_like("__call__")
+  def self_attention(self, x, mask=None, *, norm=None):
+    """x [B, N, D] (normalised, `norm` still to apply), mask bool [B, N] -> [B, N, output_channels]."""
+    h, qk = self.num_heads, self.qk_channels
+    wk, wv, bv = self.key_value_weights(x.shape[-1], norm)
+    wq, bq = _projection("query", x.shape[-1], qk, norm)
+    w = jnp.concatenate([wq, wk, wv], axis=1)
+    qkv = _dense(x, w, jnp.concatenate([bq, jnp.zeros_like(bq), bv]))  # [B, N, 2 Q + V]
+    q, k, v = (_split_heads(y, h) for y in jnp.split(qkv, [qk, 2 * qk], axis=-1))
+    return self._attend(q, k, v, mask)
+
+  @hk.name_like("__call__")
+  def keys_values(self, inputs, *, input_norm=None):
+    """inputs [B, M, C] -> keys [B, M, H, Q] and values [B, M, H, V], for `cross_attention(memory=...)`."""
+    wk, wv, bv = self.key_value_weights(inputs.shape[-1], input_norm)
+    kv = _dense(inputs, jnp.concatenate([wk, wv], axis=1), jnp.concatenate([jnp.zeros_like(bv), bv]))
+    qk = self.qk_channels
+    return _split_heads(kv[..., :qk], self.num_heads), _split_heads(kv[..., qk:], self.num_heads)
+
+  @hk.name_like("__call__")
+  def cross_attention(
+    self, queries, inputs, mask=None, *, query_norm=None, input_norm=None, memory=None, return_weights=False
+  ):
+    """queries [B, N, D], inputs [B, M, C], mask bool [B, M] -> [B, N, output_channels].
+
+    `memory`: `keys_values(inputs)`, computed earlier (ignored when the projections are folded). With
+    `return_weights`, also the attention weights [B, H, N, M].
     """
     h, qk, vc = self.num_heads, self.qk_channels, self.v_channels
-    self_attention = keys_values is queries
-    c = keys_values.shape[-1]
-    # Parameters are created where first needed: a memory_only call does not know the queries' width.
-    fold_or_wb = lambda norm, wb: fold_norm(norm, *wb) if norm is not None else wb
-    wk, _ = fold_or_wb(input_norm, _DenseParams(name="key")(c, qk))  # The key bias shifts whole rows
-    wv, bv = fold_or_wb(input_norm, _DenseParams(name="value")(c, vc))  # of logits: softmax ignores it.
-    fold = not self_attention and self.folds(
-      keys_values.shape[1] if queries is None else queries.shape[1], keys_values.shape[1], c
-    )
-    if memory_only or (memory is None and not fold and not self_attention):
-      if not fold:
-        kv = _dense(keys_values, jnp.concatenate([wk, wv], axis=1), jnp.concatenate([jnp.zeros_like(bv), bv]))
-        memory = _split_heads(kv[..., :qk], h), _split_heads(kv[..., qk:], h)  # [B, M, H, Q], [B, M, H, V]
-      if memory_only:
-        return None if fold else memory
-    wq, bq = fold_or_wb(query_norm, _DenseParams(name="query")(queries.shape[-1], qk))
-    w_out, b_out = _DenseParams(name="output")(vc, self.output_channels)
-
-    attend = functools.partial(
-      dot_product_attention,
-      mask=mask,
+    c = inputs.shape[-1]
+    query = lambda: _split_heads(_dense(queries, *_projection("query", queries.shape[-1], qk, query_norm)), h)
+    if not self.folds(queries.shape[1], inputs.shape[1], c):
+      keys, values = memory if memory is not None else self.keys_values(inputs, input_norm=input_norm)
+      chunk = self.chunk_size
+      return self._attend(query(), keys, values, mask, chunk_size=chunk, return_weights=return_weights)
+    # Folded: queries in the inputs' C channels, one per head; the normalised inputs are keys and values,
+    # and the value projection applies to the attended inputs.
+    wk, wv, bv = self.key_value_weights(c, input_norm)
+    q = query()  # [B, N, H, Q]
+    q_in = jnp.einsum("bnhq,chq->bnhc", q, wk.reshape(c, h, qk // h))  # [B, N, H, C]
+    x = inputs[:, :, None, :]  # [B, M, 1, C]
+    w_out, b_out = _projection("output", vc, self.output_channels)
+    result = dot_product_attention(
+      q_in,
+      x,
+      x,
+      mask,
       impl=self.attention_impl,
-      chunk_size=None if self_attention else self.chunk_size,
+      chunk_size=self.chunk_size,
       return_weights=return_weights,
+      scale=(qk // h) ** -0.5,
     )
-    if self_attention:
-      w = jnp.concatenate([wq, wk, wv], axis=1)
-      qkv = _dense(queries, w, jnp.concatenate([bq, jnp.zeros_like(bq), bv]))  # [B, N, 2 Q + V]
-      q, k, v = (_split_heads(x, h) for x in jnp.split(qkv, [qk, 2 * qk], axis=-1))
-      result = attend(q, k, v)
-    elif fold:
-      q = _split_heads(_dense(queries, wq, bq), h)  # [B, N, H, Q]
-      # Queries in the inputs' channels, one per head; the normalised inputs serve as keys and values.
-      q_in = jnp.einsum("bnhq,chq->bnhc", q, wk.reshape(c, h, qk // h))  # [B, N, H, C]
-      x = keys_values[:, :, None, :]  # [B, M, 1, C]
-      result = attend(q_in, x, x, scale=(qk // h) ** -0.5)  # [B, N, H, C]: the attended inputs
-    else:
-      result = attend(_split_heads(_dense(queries, wq, bq), h), *memory)
-    out, weights = result if return_weights else (result, None)  # [B, N, H, V or C], [B, H, N, M]
-    if fold:
-      out = jnp.einsum("bnhc,chv->bnhv", out, wv.reshape(c, h, vc // h)) + bv.reshape(h, vc // h)
+    out, weights = result if return_weights else (result, None)  # [B, N, H, C], [B, H, N, M]
+    out = jnp.einsum("bnhc,chv->bnhv", out, wv.reshape(c, h, vc // h)) + bv.reshape(h, vc // h)
     out = _dense(out.reshape(*out.shape[:-2], vc), w_out, b_out)
     return (out, weights) if return_weights else out
 
@@ -559,12 +581,35 @@ class CrossAttentionBlock(hk.Module):
     self.chunk_size = chunk_size
     self.fold_projections = fold_projections
 
-  def memory(self, inputs, *, normalized: bool = False):
-    """The keys and values this block reads from `inputs` [B, M, C] (None if folded into the queries).
+  @hk.name_like("__call__")
+  def _attention(self, input_channels: int, output_channels: int | None) -> MultiHeadAttention:
+    qk = self.qk_channels or input_channels
+    v = self.v_channels or qk
+    return MultiHeadAttention(
+      self.num_heads,
+      qk,
+      v,
+      output_channels or qk,
+      self.attention_impl,
+      self.chunk_size,
+      self.fold_projections,
+      name="attention",
+    )
+
+  @hk.name_like("__call__")
+  def memory(self, inputs, *, num_queries: int, normalized: bool = False):
+    """The keys and values that `num_queries` latents read from `inputs` [B, M, C], for `__call__(memory=)`;
+    None where the projections are folded into the queries (there are none to keep).
 
     Computing them once lets weight-shared repeats of the block skip the [M, C] projections.
     """
-    return self(None, inputs, is_training=False, normalized=normalized, memory_only=True)
+    c = inputs.shape[-1]
+    attention = self._attention(c, None)
+    input_norm = _NormParams(name="input_norm")(c)
+    if attention.folds(num_queries, inputs.shape[1], c):
+      attention.key_value_weights(c, input_norm)  # Made here either way: the same parameter order.
+      return None
+    return attention.keys_values(inputs if normalized else normalize(inputs), input_norm=input_norm)
 
   def __call__(
     self,
@@ -576,33 +621,18 @@ class CrossAttentionBlock(hk.Module):
     return_weights: bool = False,
     normalized: bool = False,
     memory=None,
-    memory_only: bool = False,
   ):
     """latents [B, N, D], inputs [B, M, C], input_mask bool [B, M] -> [B, N, D].
 
     `normalized`: inputs are already `normalize(inputs)` (shared by all cross-attends); `memory`: from
     `self.memory(inputs)`. With `return_weights`, also the attention weights [B, H, N, M].
     """
-    c = inputs.shape[-1]
-    qk = self.qk_channels or c
-    v = self.v_channels or qk
-    d = None if latents is None else latents.shape[-1]
-    attend = MultiHeadAttention(
-      self.num_heads,
-      qk,
-      v,
-      d or qk,
-      self.attention_impl,
-      self.chunk_size,
-      self.fold_projections,
-      name="attention",
-    )
+    c, d = inputs.shape[-1], latents.shape[-1]
+    attention = self._attention(c, d)
     input_norm = _NormParams(name="input_norm")(c)
     inputs = inputs if normalized else normalize(inputs)
-    if memory_only:
-      return attend(None, inputs, input_norm=input_norm, memory_only=True)
     query_norm = _NormParams(name="query_norm")(d)
-    x = attend(
+    x = attention.cross_attention(
       normalize(latents),
       inputs,
       input_mask,
@@ -639,10 +669,9 @@ class SelfAttentionBlock(hk.Module):
   def __call__(self, x, *, mask=None, is_training: bool):
     """x [B, N, D], mask bool [B, N] -> [B, N, D]."""
     d = x.shape[-1]
-    attend = MultiHeadAttention(self.num_heads, d, d, d, self.attention_impl, name="attention")
+    attention = MultiHeadAttention(self.num_heads, d, d, d, self.attention_impl, name="attention")
     norm = _NormParams(name="norm")(d)
-    y = normalize(x)
-    x = x + _dropout(attend(y, y, mask, query_norm=norm, input_norm=norm), self.dropout_rate, is_training)
+    x = x + _dropout(attention.self_attention(normalize(x), mask, norm=norm), self.dropout_rate, is_training)
     mlp_norm = _NormParams(name="mlp_norm")(d)
     mlp = MLP(self.widening_factor, self.dropout_rate, name="mlp")
     return x + mlp(normalize(x), is_training=is_training, norm=mlp_norm)

@@ -177,7 +177,7 @@ class Perceiver(hk.Module):
     memories = {}
     for block in cross_attends:
       if cross_attends.count(block) > 1 and id(block) not in memories:
-        memories[id(block)] = block.memory(tokens, normalized=True)
+        memories[id(block)] = block.memory(tokens, num_queries=self.num_latents, normalized=True)
 
     def checkpointed(fn):
       return hk.remat(fn) if self.remat else fn
