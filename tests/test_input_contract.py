@@ -94,7 +94,9 @@ def toy(monkeypatch, config_loader):
   config = config_loader("digits", "runlocal")
   config.input = ml_collections.ConfigDict(dict(front_end=NAME, num_bands=4))
   config.dataset = ml_collections.ConfigDict(
-    dict(name=NAME, max_length=MAX_LENGTH, num_channels=CHANNELS, num_classes=CLASSES)
+    dict(
+      name=NAME, max_length=MAX_LENGTH, num_channels=CHANNELS, num_classes=CLASSES, num_train_examples=None
+    )
   )
   config.model.update(
     num_classes=CLASSES,
