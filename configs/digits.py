@@ -123,7 +123,7 @@ def _with_baselines(variants: dict) -> dict:
   def resnet(c):
     # A ResNet-10 shape: one basic block per group. The 3x3 stride-1 stem keeps the 8x8 grid, Haiku's
     # max-pool halves it, and the groups take it 4x4 -> 4x4 -> 2x2 -> 1x1.
-    c.model_name = "resnet50"
+    c.model_name = "resnet"
     c.model = ml_collections.ConfigDict(
       dict(
         num_classes=c.dataset.num_classes,

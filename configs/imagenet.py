@@ -189,7 +189,7 @@ def _with_baselines(variants: dict, arg: str | None) -> dict:
   local = "runlocal" in config_args.parse_arg(arg)[0]
 
   def resnet50(c):
-    c.model_name = "resnet50"
+    c.model_name = "resnet"
     size = (
       dict(
         blocks_per_group=(1, 1, 1, 1),
@@ -237,7 +237,7 @@ def _with_baselines(variants: dict, arg: str | None) -> dict:
     c.input.max_resolution = c.input.resize_to
 
   baselines = {"resnet50": resnet50, "vit_b16": vit_b16, "transformer64": transformer64}
-  by_model_name = {"resnet50": resnet50, "vit": vit_b16, "transformer": transformer64}
+  by_model_name = {"resnet": resnet50, "vit": vit_b16, "transformer": transformer64}
 
   def runlocal(c):
     variants["runlocal"](c)

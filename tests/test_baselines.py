@@ -26,6 +26,14 @@ def abstract_model(config, batch=2):
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)), logits.shape
 
 
+def abstract_params(config):
+  """`config`'s model parameters as shapes, {module path: {name: shape}}; nothing executed."""
+  model, spec = build.make_model(config), build.input_spec(config)
+  images = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
+  params, _ = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, is_training=True), images)
+  return jax.tree.map(lambda p: p.shape, hk.data_structures.to_haiku_dict(params))
+
+
 # 261 = 3 RGB + 2 * (2 * 64 + 1) Fourier channels: the stem or patch embedding is wider by 258 channels.
 EXTRA_CHANNELS = 261 - 3
 
@@ -166,7 +174,16 @@ def test_grid_models_reject_tokens_that_do_not_fill_the_grid(cls, kwargs):
     f.init(jax.random.PRNGKey(0), jnp.zeros((1, 60, 5)))
 
 
+def test_a_stored_resnet50_run_builds_the_resnet_with_its_own_parameter_names(config_loader):
+  config = config_loader("digits", "resnet")
+  new = abstract_params(config)
+  config.model_name = "resnet50"  # The name digits' ResNet-10 runs were once stored under.
+  old = abstract_params(config)
+  assert all(k.startswith("resnet50/") for k in old) and all(k.startswith("resnet/") for k in new)
+  assert {k.replace("resnet50/", "resnet/", 1): v for k, v in old.items()} == new
+
+
 def test_baselines_are_registered():
-  assert models.MODELS["resnet50"] is baselines.ResNet
+  assert models.MODELS["resnet"] is baselines.ResNet
   assert models.MODELS["vit"] is baselines.ViT
   assert models.MODELS["transformer"] is baselines.Transformer

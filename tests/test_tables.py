@@ -67,13 +67,13 @@ def digits_runs(tmp_path):
   )
   make_run(root, "p1", "perceiver", "none", 0.98, seed=1, params=76_908, num_cross_attends=2)
   make_run(root, "p2", "perceiver", "fixed", 0.975, params=76_908, num_cross_attends=2)
-  make_run(root, "r0", "resnet50", "none", 0.95, params=1_233_578, history=[(100, 0.95)])
+  make_run(root, "r0", "resnet", "none", 0.95, params=1_233_578, history=[(100, 0.95)])
   make_run(root, "v0", "vit", "random", 0.3, params=206_794)
   make_run(root, "l0", "perceiver", "none", 0.9, position="learned", params=179_480, num_cross_attends=2)
   return root
 
 
-GFLOPS = {"perceiver": 0.0123, "resnet50": 0.5, "vit": 2.0}
+GFLOPS = {"perceiver": 0.0123, "resnet": 0.5, "resnet50": 0.5, "vit": 2.0}
 FAKE_GFLOPS = lambda config: GFLOPS[config["model_name"]]
 
 EXPECTED_TABLE2 = """\
@@ -110,6 +110,15 @@ def test_tables_render_known_runs_exactly(digits_runs):
   assert list(rendered) == ["table1", "table2"]  # Digits runs fill no ImageNet ablation.
   assert rendered["table1"] == EXPECTED_TABLE1
   assert rendered["table2"] == EXPECTED_TABLE2
+
+
+def test_a_run_stored_under_a_model_alias_fills_that_models_rows(tmp_path):
+  root = str(tmp_path)
+  make_run(root, "new", "resnet", top1=0.9, params=1_233_578)
+  make_run(root, "old", "resnet50", top1=0.8, params=1_233_578)  # models.ALIASES["resnet50"] == "resnet"
+  [(_, _, table1, _), _] = tables.report(tables.find_runs([root]), FAKE_GFLOPS)
+  [row] = [line for line in table1.splitlines() if line.startswith("| ResNet-50 (FF)")]
+  assert "85.0 ± 7.1 (n=2)" in row
 
 
 def test_no_runs_give_imagenet_tables_of_dashes():

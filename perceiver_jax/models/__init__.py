@@ -13,7 +13,16 @@ from perceiver_jax.models.perceiver import Perceiver
 
 MODELS: dict[str, type[hk.Module]] = {
   "perceiver": Perceiver,
-  "resnet50": ResNet,
+  "resnet": ResNet,
   "vit": ViT,
   "transformer": Transformer,
 }
+
+# Names that stored runs may carry for a model above: {stored model_name: MODELS key}. A run keeps its name
+# (Haiku prefixes its parameters with it), so its checkpoint loads; tables file it with the model's rows.
+ALIASES: dict[str, str] = {"resnet50": "resnet"}
+
+
+def canonical_name(model_name: str) -> str:
+  """The MODELS key of `model_name`, a key itself or an alias of one."""
+  return ALIASES.get(model_name, model_name)

@@ -6,7 +6,8 @@ grid, T patches, D model width.
 Every baseline takes the front end's tokens [B, M, C] in the order they come. The grid models (ResNet, ViT)
 reshape them to the grid in that order: under a permutation they see scrambled images, which is what the
 permuted-ImageNet experiment measures. The Transformer attends over all tokens with no grid assumption.
-The registry (`perceiver_jax.models.MODELS`) names them `resnet50`, `vit` and `transformer`.
+The registry (`perceiver_jax.models.MODELS`) names them `resnet` (any depth: ResNet-50 on
+ImageNet, a ResNet-10 on digits), `vit` and `transformer`.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class ResNet(hk.Module):
 
   def __call__(self, tokens, *, is_training: bool):
     """tokens [B, M, C] (M = H * W) -> logits [B, num_classes]."""
-    images = _grid(tokens, self.grid_shape, "resnet50")  # [B, H, W, C]
+    images = _grid(tokens, self.grid_shape, "resnet")  # [B, H, W, C]
     net = hk.nets.ResNet(
       blocks_per_group=self.blocks_per_group,
       num_classes=self.num_classes,

@@ -22,6 +22,7 @@ from typing import Any
 from absl import logging
 from etils import epath
 
+from perceiver_jax.models import canonical_name
 from perceiver_jax.training import run_files
 
 DASH = "—"
@@ -119,7 +120,7 @@ def _position(config: Config) -> str:
 
 
 def _is(model_name: str, position: str) -> Callable[[Config], bool]:
-  return lambda c: c["model_name"] == model_name and _position(c) == position
+  return lambda c: canonical_name(c["model_name"]) == model_name and _position(c) == position
 
 
 def _perceiver(
@@ -173,9 +174,9 @@ def tables() -> list[Table]:
     "table1",
     "Table 1: top-1",
     [
-      Row("ResNet-50 (from the literature)", _raw(77.6), _is("resnet50", "none")),
+      Row("ResNet-50 (from the literature)", _raw(77.6), _is("resnet", "none")),
       Row("ViT-B-16 (from the literature)", _raw(77.9), _is("vit", "none")),
-      Row("ResNet-50 (FF)", _raw(73.5), _is("resnet50", "fourier")),
+      Row("ResNet-50 (FF)", _raw(73.5), _is("resnet", "fourier")),
       Row("ViT-B-16 (FF)", _raw(76.7), _is("vit", "fourier")),
       Row("Transformer (64x64, FF)", _raw(57.0), _is("transformer", "fourier")),
       Row("Perceiver (FF)", _raw(78.0), _perceiver()),
@@ -185,7 +186,7 @@ def tables() -> list[Table]:
     "table2",
     "Table 2: permuted pixels",
     [
-      Row("ResNet-50 (FF)", {"none": 73.5, "fixed": 39.4}, _is("resnet50", "fourier"), "49"),
+      Row("ResNet-50 (FF)", {"none": 73.5, "fixed": 39.4}, _is("resnet", "fourier"), "49"),
       Row("ViT-B-16 (FF)", {"none": 76.7, "fixed": 61.7}, _is("vit", "fourier"), "256"),
       Row("Transformer (64x64, FF)", {"none": 57.0, "fixed": 57.0}, _is("transformer", "fourier"), "4,096"),
       Row("Perceiver (FF)", {"none": 78.0, "fixed": 78.0}, _perceiver(), "50,176"),

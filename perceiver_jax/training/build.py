@@ -28,15 +28,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from perceiver_jax.front_ends import FRONT_ENDS
-from perceiver_jax.models import MODELS, attention, precision
+from perceiver_jax.models import MODELS, attention, canonical_name, precision
 
 
 def _model_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
-  if config.model_name not in MODELS:
+  name = canonical_name(config.model_name)
+  if name not in MODELS:
     raise ValueError(
       f"model_name={config.model_name!r} is unknown; known models: {', '.join(sorted(MODELS))}."
     )
-  return MODELS[config.model_name]
+  return MODELS[name]
 
 
 def front_end_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
