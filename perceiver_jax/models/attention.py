@@ -458,14 +458,20 @@ class MultiHeadAttention(hk.Module):
     return wk, wv, bv
 
   @hk.name_like("__call__")
-  def _attend(self, q, k, v, mask, *, chunk_size=None, return_weights=False, scale=None):
-    """Per-head attention, then the output projection: -> [B, N, output_channels] (and the weights)."""
+  def _attend(self, q, k, v, mask, *, chunk_size=None, return_weights=False, scale=None, project_values=None):
+    """Per-head attention, then the output projection: -> [B, N, output_channels] (and the weights).
+
+    `project_values` maps the attended values to [B, N, H, V] first (the folded cross-attention's value
+    projection); without it the values are already projected.
+    """
     w_out, b_out = _projection("output", self.v_channels, self.output_channels)
     impl = self.attention_impl
     result = dot_product_attention(
       q, k, v, mask, impl=impl, chunk_size=chunk_size, return_weights=return_weights, scale=scale
     )
     out, weights = result if return_weights else (result, None)  # [B, N, H, V], [B, H, N, M]
+    if project_values is not None:
+      out = project_values(out)
     out = _dense(out.reshape(*out.shape[:-2], self.v_channels), w_out, b_out)
     return (out, weights) if return_weights else out
 
@@ -510,21 +516,18 @@ class MultiHeadAttention(hk.Module):
     q = query()  # [B, N, H, Q]
     q_in = jnp.einsum("bnhq,chq->bnhc", q, wk.reshape(c, h, qk // h))  # [B, N, H, C]
     x = inputs[:, :, None, :]  # [B, M, 1, C]
-    w_out, b_out = _projection("output", vc, self.output_channels)
-    result = dot_product_attention(
+    return self._attend(
       q_in,
       x,
       x,
       mask,
-      impl=self.attention_impl,
       chunk_size=self.chunk_size,
       return_weights=return_weights,
       scale=(qk // h) ** -0.5,
+      project_values=lambda out: (  # [B, N, H, C] -> [B, N, H, V]
+        jnp.einsum("bnhc,chv->bnhv", out, wv.reshape(c, h, vc // h)) + bv.reshape(h, vc // h)
+      ),
     )
-    out, weights = result if return_weights else (result, None)  # [B, N, H, C], [B, H, N, M]
-    out = jnp.einsum("bnhc,chv->bnhv", out, wv.reshape(c, h, vc // h)) + bv.reshape(h, vc // h)
-    out = _dense(out.reshape(*out.shape[:-2], vc), w_out, b_out)
-    return (out, weights) if return_weights else out
 
 
 class MLP(hk.Module):
