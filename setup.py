@@ -38,9 +38,11 @@ setuptools.setup(
       "pytest-xdist>=3.6",
       "ruff>=0.6",
       "libtpu>=0.0.52",
-      # tests/test_gcs.py: gs:// run paths through epath (gcsfs) against a local GCS emulator.
+      # tests/test_gcs.py: gs:// run paths through epath (gcsfs), tensorstore and TensorFlow against a
+      # local GCS emulator; cryptography makes the throwaway CA of TensorFlow's TLS proxy.
       "gcsfs>=2026.10.1",
       "gcp-storage-emulator>=2026.7.19",
+      "cryptography>=50",
     ],
   },
 )

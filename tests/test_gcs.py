@@ -1,17 +1,35 @@
-"""A run on gs:// end to end (train, preempt, resume, evaluate, make_tables) against a GCS emulator.
+"""Runs on gs:// end to end (train, preempt, resume, evaluate, make_tables; TFDS data) against a GCS emulator.
 
-`gcp-storage-emulator` serves a bucket on 127.0.0.1 from this process (in memory). Two layers reach it:
-etils `epath` through gcsfs (`EPATH_USE_TF=false`; gcsfs honours `STORAGE_EMULATOR_HOST`), which writes
-config.json, metrics.jsonl, results.json, the lock, eval_results.json, the tables and orbax's checkpoint
-metadata; and tensorstore's GCS driver (`TENSORSTORE_GCS_HTTP_URL`), which writes the checkpoints' arrays.
-TensorFlow's own GCS filesystem (TensorBoard events, tf.data) has its endpoint compiled in and cannot be
-sent to an emulator: those layers are checked on TensorFlow's in-memory `ram://` filesystem instead.
+`gcp-storage-emulator` serves a bucket on 127.0.0.1 from this process (in memory). Three layers reach it:
+- etils `epath` through gcsfs (`EPATH_USE_TF=false`; gcsfs honours `STORAGE_EMULATOR_HOST`), which writes
+  config.json, metrics.jsonl, results.json, the lock, eval_results.json, the tables and orbax's checkpoint
+  metadata, and reads a TFDS dataset's metadata (dataset_info.json, features.json);
+- tensorstore's GCS driver (`TENSORSTORE_GCS_HTTP_URL`), which writes the checkpoints' arrays;
+- TensorFlow's own GCS filesystem (tf.io.gfile; tf.data, which reads the TFDS records; tf.summary's
+  TensorBoard events), whose hosts www.googleapis.com and storage.googleapis.com are compiled in: its
+  libcurl goes through `https_proxy`, an HTTPS proxy of this process (`_TlsProxy`) that accepts `CONNECT`
+  to those two hosts only, ends the TLS with a certificate of a throwaway CA (`CURL_CA_BUNDLE`) and passes
+  the plain HTTP to the emulator; `GOOGLE_AUTH_TOKEN_FOR_TESTING` stands in for the credentials. With
+  `EPATH_USE_TF` unset epath goes through this layer too (checked on its own).
+The emulator is given what these clients need of Cloud Storage: `objects.moveTo` (gcsfs's rename), the
+`x-goog-generation` header on downloads (tensorstore), and for TensorFlow chunked request bodies, empty
+media uploads and https resumable-session URIs. Nothing leaves 127.0.0.1: plain http goes to the proxy as
+well (which refuses it), except to the emulator itself (`NO_PROXY`), and the tests check that nothing was
+refused. One TensorFlow call cannot be served from this process: opening a gs:// file with
+tf.io.TFRecordWriter holds the GIL while it waits for the upload, so records are written locally and
+copied.
 """
 
 import ast
+import datetime
 import os
+import select
 import signal
 import socket
+import socketserver
+import ssl
+import threading
+import types
 from http import HTTPStatus
 
 import jax
@@ -75,9 +93,162 @@ def _with_generation(download):
   return handler
 
 
+def _read_chunked_first(read_raw):
+  """The emulator's request-body reader, honouring `Transfer-Encoding: chunked` over `Content-Length` as
+  HTTP/1.1 requires: TensorFlow's uploads send both (else the chunk framing is stored as the object)."""
+
+  def read(handler):
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+      del handler.headers["Content-Length"]
+    return read_raw(handler)
+
+  return read
+
+
+def _for_tls_clients(insert):
+  """The emulator's `objects.insert`, plus what TensorFlow's uploads through the TLS proxy need: an empty
+  media upload (TF's directory markers `dir/`, sent with no body) stores an empty object, and the
+  resumable session URI is https (the emulator builds it as http://<Host>, which curl would send out
+  directly instead of through the proxy)."""
+
+  def handler(request, response, storage, *args, **kwargs):
+    if request.query.get("uploadType") == ["media"] and request.data is None:
+      request._data = b""  # noqa: SLF001
+    insert(request, response, storage, *args, **kwargs)
+    location = response._headers.get("Location", "")  # noqa: SLF001
+    if location.startswith("http://") and request.get_header("Host") in _TLS_HOSTS:
+      response["Location"] = "https://" + location.removeprefix("http://")
+
+  return handler
+
+
+# The hosts compiled into TensorFlow's GCS filesystem (tsl's gcs_file_system.cc): JSON API and uploads on
+# the first, object media on the second.
+_TLS_HOSTS = ("www.googleapis.com", "storage.googleapis.com")
+
+
+def _throwaway_ca(directory) -> tuple[str, str]:
+  """A CA (ca.pem) and a certificate for `_TLS_HOSTS` it signed with its key (server.pem), valid a day."""
+  from cryptography import x509
+  from cryptography.hazmat.primitives import hashes, serialization
+  from cryptography.hazmat.primitives.asymmetric import ec
+  from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+  now = datetime.datetime.now(datetime.UTC)
+  ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+  ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "perceiver_jax test CA")])
+
+  def certificate(subject, public_key):
+    builder = x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
+    validity = builder.serial_number(x509.random_serial_number()).not_valid_before(
+      now - datetime.timedelta(minutes=5)
+    )
+    return validity.not_valid_after(now + datetime.timedelta(days=1))
+
+  ca = certificate(ca_name, ca_key.public_key())
+  ca = ca.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+  ca = ca.add_extension(
+    x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+  ).sign(ca_key, hashes.SHA256())
+  leaf = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _TLS_HOSTS[0])]), key.public_key())
+  leaf = leaf.add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in _TLS_HOSTS]), False)
+  leaf = leaf.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+  leaf = leaf.sign(ca_key, hashes.SHA256())
+  pem = serialization.Encoding.PEM
+  (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+  (directory / "server.pem").write_bytes(
+    leaf.public_bytes(pem)
+    + key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+  )
+  return str(directory / "ca.pem"), str(directory / "server.pem")
+
+
+class _TlsProxy(socketserver.ThreadingTCPServer):
+  """An HTTPS proxy on 127.0.0.1 for TensorFlow's libcurl (`https_proxy`). It answers `CONNECT` to
+  `_TLS_HOSTS` port 443 only (anything else: 403, kept in `refused`), ends the TLS itself with
+  server.pem and sends the request in plain HTTP to the emulator (`tunnelled`: (host, request line))."""
+
+  daemon_threads = True
+
+  def __init__(self, emulator: tuple[str, int], server_pem: str):
+    self.emulator, self.tunnelled, self.refused = emulator, [], []
+    self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    self.context.load_cert_chain(server_pem)
+    self.context.set_alpn_protocols(["http/1.1"])
+    super().__init__(("127.0.0.1", 0), _Tunnel)
+
+  @property
+  def url(self) -> str:
+    return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def _read_head(sock) -> tuple[bytes, bytes] | None:
+  """An HTTP head (up to its blank line) and the bytes read after it; None if the peer closes first."""
+  data = b""
+  while b"\r\n\r\n" not in data:
+    chunk = sock.recv(1 << 16)
+    if not chunk:
+      return None
+    data += chunk
+  head, rest = data.split(b"\r\n\r\n", 1)
+  return head, rest
+
+
+class _Tunnel(socketserver.BaseRequestHandler):
+  """One CONNECT tunnel, carrying one request: the emulator answers in HTTP/1.0 and closes."""
+
+  def handle(self):
+    connect = _read_head(self.request)
+    if connect is None:
+      return
+    line = connect[0].split(b"\r\n", 1)[0].decode("latin-1")
+    method, target = (line.split() + ["", ""])[:2]
+    if method != "CONNECT" or target not in {f"{host}:443" for host in _TLS_HOSTS}:
+      self.server.refused.append(line)
+      self.request.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+      return
+    self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    try:
+      with self.server.context.wrap_socket(self.request, server_side=True) as client:
+        request = _read_head(client)
+        if request is None:
+          return
+        head, rest = request
+        lines = head.split(b"\r\n")
+        kept = [h for h in lines if h.lower().replace(b" ", b"") != b"expect:100-continue"]
+        self.server.tunnelled.append((target.removesuffix(":443"), lines[0].decode("latin-1")))
+        if len(kept) < len(lines):  # The emulator (HTTP/1.0) never answers it: curl would wait 1 s.
+          client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        with socket.create_connection(self.server.emulator) as upstream:
+          upstream.sendall(b"\r\n".join(kept) + b"\r\n\r\n" + rest)
+          _pipe(client, upstream)
+    except (OSError, ssl.SSLError):  # A peer gone: the client sees its request fail, and retries.
+      return
+
+
+def _pipe(client, upstream) -> None:
+  """Bytes both ways until either side closes (the TLS side may hold decrypted bytes `select` misses)."""
+  client.setblocking(False)
+  upstream.setblocking(False)
+  while True:
+    if not client.pending():
+      select.select([client, upstream], [], [], 60)
+    for source, target in ((client, upstream), (upstream, client)):
+      try:
+        data = source.recv(1 << 16)
+      except (ssl.SSLWantReadError, BlockingIOError):
+        continue
+      if not data:
+        return
+      target.setblocking(True)
+      target.sendall(data)
+      target.setblocking(False)
+
+
 @pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-  """A bucket gs://runs on an emulator of this process; epath and tensorstore pointed at it."""
+def gcs_emulator(tmp_path_factory):
+  """A bucket gs://runs on an emulator of this process, with epath, tensorstore and TensorFlow's GCS
+  filesystem pointed at it; `.bucket` is "gs://runs", `.proxy` the `_TlsProxy` TensorFlow goes through."""
   from gcp_storage_emulator import server as emulator
   from gcp_storage_emulator.server import create_server
 
@@ -88,20 +259,37 @@ def gcs(tmp_path_factory):
   )
   from gcp_storage_emulator.handlers import objects
 
-  handlers, download = emulator.HANDLERS, objects.download
+  handlers, download, read_raw = emulator.HANDLERS, objects.download, emulator._read_raw_data  # noqa: SLF001
   objects.download = _with_generation(download)  # `objects.get` with alt=media calls it by this name.
-  routed = [(r, {m: objects.download if h is download else h for m, h in by.items()}) for r, by in handlers]
+  replace = {download: objects.download, objects.insert: _for_tls_clients(objects.insert)}
+  routed = [(r, {m: replace.get(h, h) for m, h in by.items()}) for r, by in handlers]
   emulator.HANDLERS = (move_route, *routed)  # Read by the router at every request.
+  emulator._read_raw_data = _read_chunked_first(read_raw)  # noqa: SLF001
   port = _free_port()
   server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
   server.start()
+  ca, server_pem = _throwaway_ca(tmp_path_factory.mktemp("gcs_tls"))
+  proxy = _TlsProxy(("127.0.0.1", port), server_pem)
+  threading.Thread(target=proxy.serve_forever, daemon=True).start()
   endpoint = f"http://127.0.0.1:{port}"
   env = {
     "STORAGE_EMULATOR_HOST": endpoint,  # gcsfs (and google-cloud-storage).
     "TENSORSTORE_GCS_HTTP_URL": endpoint,  # orbax's arrays.
-    "EPATH_USE_TF": "false",  # epath through gcsfs: tf.io.gfile would go to the real endpoint.
+    "EPATH_USE_TF": "false",  # epath through gcsfs; tf.io.gfile is tested on its own.
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # Else gcsfs spends 60 s on a gRPC bucket-type probe.
     "NO_GCE_CHECK": "true",  # Else google-auth probes the metadata server first.
+    # TensorFlow's GCS filesystem (its libcurl): every https request through the proxy, which trusts
+    # only the throwaway CA; plain http through it too (refused there), except to the emulator itself.
+    "https_proxy": proxy.url,
+    "HTTPS_PROXY": proxy.url,
+    "http_proxy": proxy.url,
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+    "CURL_CA_BUNDLE": ca,
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",  # A bearer token: no metadata server, no OAuth.
+    # Read when TensorFlow first touches gs:// in this process: a failure shows in seconds, not minutes.
+    "GCS_RETRY_CONFIG_MAX_RETRIES": "2",
+    "GCS_REQUEST_IDLE_TIMEOUT_SECS": "30",
   }
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
@@ -112,7 +300,7 @@ def gcs(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("gcs_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   try:
-    yield f"gs://{BUCKET}"
+    yield types.SimpleNamespace(bucket=f"gs://{BUCKET}", proxy=proxy)
   finally:
     for key, value in saved_jax.items():
       jax.config.update(key, value)
@@ -122,8 +310,16 @@ def gcs(tmp_path_factory):
       else:
         os.environ[key] = value
     _clear_gcs_clients()
+    proxy.shutdown()
+    proxy.server_close()
     server.stop()
-    emulator.HANDLERS, objects.download = handlers, download
+    emulator.HANDLERS, objects.download, emulator._read_raw_data = handlers, download, read_raw  # noqa: SLF001
+
+
+@pytest.fixture
+def gcs(gcs_emulator):
+  """The emulator's bucket, "gs://runs"."""
+  return gcs_emulator.bucket
 
 
 def _sigterm_at(monkeypatch, index: int) -> None:
@@ -192,25 +388,145 @@ def test_train_preempt_resume_evaluate_tables_on_gcs(gcs, tmp_path, monkeypatch)
   assert f"{100 * reference['eval']['top1']:.1f}" in markdown
 
 
-def test_tensorboard_events_on_tensorflow_ram_filesystem(tmp_path):
-  """TensorBoard events go through TensorFlow's filesystem, not epath: here its in-memory ram://."""
+def _tf_requests(proxy, since: int = 0) -> set[tuple[str, str]]:
+  """(host, method) of the requests TensorFlow sent through the proxy, from the `since`-th on."""
+  return {(host, line.split()[0]) for host, line in proxy.tunnelled[since:]}
+
+
+def test_tensorflow_gcs_filesystem_on_the_emulator(gcs_emulator, tmp_path, monkeypatch):
+  """tf.io.gfile and tf.data on gs:// reach the emulator (through the TLS proxy), and see what gcsfs sees."""
+  import gcsfs
   import tensorflow as tf
 
-  events_dir = "ram://perceiver_tb"
+  gfile, root, proxy = tf.io.gfile, f"{gcs_emulator.bucket}/tf", gcs_emulator.proxy
+  with gfile.GFile(f"{root}/a.txt", "w") as f:  # A resumable upload: a POST, then a PUT.
+    f.write("written by TF")
+  with gfile.GFile(f"{root}/a.txt") as f:  # Metadata from the JSON API, bytes from storage.googleapis.com.
+    assert f.read() == "written by TF"
+  assert gcsfs.GCSFileSystem().cat(f"{BUCKET}/tf/a.txt") == b"written by TF"
+  gcsfs.GCSFileSystem().pipe(f"{BUCKET}/tf/d/e/b.bin", b"\0" * 100_000)
+  assert gfile.stat(f"{root}/d/e/b.bin").length == 100_000
+  gfile.makedirs(f"{root}/empty/dir")  # Directory markers: empty objects `empty/`, `empty/dir/`.
+  assert sorted(gfile.listdir(root)) == ["a.txt", "d/", "empty/"]
+  assert gfile.isdir(f"{root}/d") and not gfile.isdir(f"{root}/a.txt")
+  assert gfile.exists(f"{root}/a.txt") and not gfile.exists(f"{root}/none")
+  gfile.rename(f"{root}/a.txt", f"{root}/c.txt")  # rewriteTo, then a delete.
+  assert not gfile.exists(f"{root}/a.txt") and gfile.glob(f"{root}/*/*/*.bin") == [f"{root}/d/e/b.bin"]
+  # Records written locally and copied (opening a gs:// file, tf.io.TFRecordWriter holds the GIL while
+  # it waits for the upload, and the emulator of this process could not answer).
+  with tf.io.TFRecordWriter(str(tmp_path / "r.tfrecord")) as writer:
+    for i in range(5):
+      writer.write(b"record %d" % i)
+  gfile.copy(str(tmp_path / "r.tfrecord"), f"{root}/r.tfrecord")
+  records = [r.numpy() for r in tf.data.TFRecordDataset(f"{root}/r.tfrecord")]
+  assert records == [b"record %d" % i for i in range(5)]
+  # epath through TensorFlow (EPATH_USE_TF unset, as on a TPU VM) reaches it too.
+  sent = len(proxy.tunnelled)
+  with monkeypatch.context() as m:
+    m.delenv("EPATH_USE_TF")
+    _clear_gcs_clients()
+    assert epath.Path(root, "c.txt").read_text() == "written by TF"
+    assert sorted(p.name for p in epath.Path(root).iterdir()) == ["c.txt", "d", "empty", "r.tfrecord"]
+  _clear_gcs_clients()
+  assert ("storage.googleapis.com", "GET") in _tf_requests(proxy, sent)
+  gfile.rmtree(root)
+  assert not gcsfs.GCSFileSystem(skip_instance_cache=True).find(f"{BUCKET}/tf")
+  json_api = {("www.googleapis.com", method) for method in ("GET", "POST", "PUT", "DELETE")}
+  assert _tf_requests(proxy) >= json_api | {("storage.googleapis.com", "GET")}
+  assert not proxy.refused  # Nothing tried to leave 127.0.0.1 another way.
+
+
+def _read_events(pattern: str) -> dict[tuple[int, str], float]:
+  """The scalars of the TensorBoard event files matching `pattern`, read with tf.data, by (step, tag)."""
+  import tensorflow as tf
+
+  events = tf.io.gfile.glob(pattern)
+  assert len(events) == 1, events
+  read = {}
+  for record in tf.data.TFRecordDataset(events):
+    event = tf.compat.v1.Event.FromString(record.numpy())
+    for value in event.summary.value:
+      read[event.step, value.tag] = float(tf.make_ndarray(value.tensor))
+  return read
+
+
+def test_tensorboard_events_on_gcs(gcs_emulator, tmp_path):
+  """TensorBoard events go through TensorFlow's GCS filesystem (tf.summary), not epath."""
+  events_dir = f"{gcs_emulator.bucket}/perceiver_tb"
   writer = metric_writer.MetricWriter(str(tmp_path), events_dir=events_dir)
   values = {4: 2.25, 8: 1.5}
   for step, loss in values.items():
     writer.write(step, {"train_loss": loss})
   writer.close()
   assert [r["train_loss"] for r in run_files.read_jsonl(tmp_path / run_files.METRICS)] == [2.25, 1.5]
-  events = tf.io.gfile.glob(f"{events_dir}/events.out.tfevents.*")
-  assert len(events) == 1 and not any(tmp_path.rglob("*tfevents*"))  # In TF's memory, not on the disk.
-  read = {}
-  for record in tf.data.TFRecordDataset(events):  # tf.data reads the same filesystem.
-    event = tf.compat.v1.Event.FromString(record.numpy())
-    for value in event.summary.value:
-      read[event.step] = float(tf.make_ndarray(value.tensor))
-  assert read == values
+  read = _read_events(f"{events_dir}/events.out.tfevents.*")  # tf.data reads the same filesystem.
+  assert not any(tmp_path.rglob("*tfevents*"))  # In the bucket, not on the disk:
+  assert [p for p in _objects(events_dir) if p.startswith("events.out.tfevents.")]  # listed by gcsfs.
+  assert read == {(step, "train_loss"): loss for step, loss in values.items()}
+  assert not gcs_emulator.proxy.refused
+
+
+def _toy_tfds(data_dir, num_train: int, num_test: int) -> None:
+  """A real TFDS dataset `gcs_toy` (8x8 grayscale PNGs, 10 classes) built in `data_dir` by TFDS's writer."""
+  import numpy as np
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    images = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(n) % 10})
+
+  features = {
+    "image": tfds.features.Image(shape=(8, 8, 1)),
+    "label": tfds.features.ClassLabel(num_classes=10),
+  }
+  tfds.dataset_builders.store_as_tfds_dataset(
+    name="gcs_toy",
+    version="1.0.0",
+    features=tfds.features.FeaturesDict(features),
+    split_datasets={"train": split(num_train), "test": split(num_test)},
+    data_dir=str(data_dir),
+  )
+
+
+@pytest.mark.slow
+def test_train_on_tfds_data_dir_on_gcs_with_tensorboard_events(gcs_emulator, tmp_path):
+  """A TFDS dataset under gs:// (its metadata read by epath through gcsfs, its records by tf.data through
+  TF's GCS filesystem) trains a run on gs:// whose TensorBoard events (TF's GCS filesystem) are read back."""
+  import tensorflow as tf
+
+  _toy_tfds(tmp_path / "tfds", num_train=400, num_test=5)  # 400: under 2 epochs of the 12 steps of 64.
+  data_dir, proxy = f"{gcs_emulator.bucket}/tfds", gcs_emulator.proxy
+  for folder, _, files in tf.io.gfile.walk(str(tmp_path / "tfds")):
+    for name in files:
+      relative = os.path.relpath(os.path.join(folder, name), tmp_path / "tfds")  # noqa: PTH118
+      tf.io.gfile.copy(os.path.join(folder, name), f"{data_dir}/{relative}")  # noqa: PTH118
+  assert "gcs_toy/1.0.0/gcs_toy-train.tfrecord-00000-of-00001" in _objects(data_dir)
+  # The tiny digits run on TFDS batches of the same shapes: the module's compilation cache has its steps.
+  config = load_config("digits", TINY + ",checkpoint.every=12")
+  config.augment = load_config(
+    "imagenet", "runlocal,randaugment_layers=0,mixup_alpha=0.0,cutmix_alpha=0.0"
+  ).augment
+  config.dataset.update(
+    name="gcs_toy", data_dir=data_dir, shuffle_buffer=400, download=False, manual_dir=None
+  )
+  workdir = f"{gcs_emulator.bucket}/tfds_run"
+  sent = len(proxy.tunnelled)
+  results = train.train_and_evaluate(config, workdir)  # TensorBoard events on.
+  record_reads = [line for host, line in proxy.tunnelled[sent:] if host == "storage.googleapis.com"]
+  assert any("gcs_toy-train.tfrecord" in line for line in record_reads)  # tf.data read the bucket.
+  assert any("gcs_toy-test.tfrecord" in line for line in record_reads)
+  assert results["step"] == 12 and results["eval"]["count"] == 5  # Each test example once.
+  logged = run_files.read_jsonl(epath.Path(workdir) / run_files.METRICS)
+  assert [r["step"] for r in logged] == [4, 8, 12, 12]
+  read = _read_events(f"{workdir}/tensorboard/events.out.tfevents.*")
+  expected = {(r["step"], k): v for r in logged for k, v in r.items() if k != "step"}
+  assert read.keys() == expected.keys() and (12, "train_loss") in read
+  assert all(read[key] == float(tf.constant(v, tf.float32)) for key, v in expected.items())  # float32.
+  assert any(p.startswith("tensorboard/events.out.tfevents.") for p in _objects(workdir))
+  assert not proxy.refused
 
 
 # Files that touch no run path: the peers' benchmark harness, a benchmark's local scratch directory, and
