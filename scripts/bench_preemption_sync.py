@@ -54,7 +54,8 @@ class AllReduceWatcher:
     del step
     agreed = self._pending is not None and bool(jax.device_get(self._pending))
     flags = np.full(len(self._mesh.local_devices), self._received.is_set(), np.int32)
-    self._pending = self._any(jax.make_array_from_process_local_data(parallel.batch_sharded(self._mesh), flags))
+    sharding = parallel.batch_sharded(self._mesh)
+    self._pending = self._any(jax.make_array_from_process_local_data(sharding, flags))
     return agreed
 
 
@@ -80,7 +81,8 @@ def run_pair(mode: str, config: str, workdir: pathlib.Path) -> float:
     flags = [f"--config={config}", f"--workdir={workdir}", "--notensorboard", "--num_processes=2"]
     flags += [f"--coordinator_address=127.0.0.1:{port}", f"--process_id={i}", "--local_device_count=1"]
     cmd = [sys.executable, __file__, f"--child={mode}", "--", *flags]
-    procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    out = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs.append(subprocess.Popen(cmd, cwd=ROOT, **out))
   errors = [p.communicate()[1] for p in procs]
   for p, err in zip(procs, errors, strict=True):
     if p.returncode:
@@ -95,9 +97,8 @@ def run_pair(mode: str, config: str, workdir: pathlib.Path) -> float:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument(
-    "--config", default="configs/digits.py:runlocal,num_steps=400,log_every=50,eval_every=400,checkpoint.every=400"
-  )
+  local = "runlocal,num_steps=400,log_every=50,eval_every=400,checkpoint.every=400"
+  parser.add_argument("--config", default=f"configs/digits.py:{local}")
   parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
   args, rest = parser.parse_known_args()
   if args.child:
