@@ -21,6 +21,12 @@ import sys
 import tempfile
 import threading
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver_jax.training import parallel
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODES = ("service", "allreduce")
 
@@ -29,12 +35,8 @@ class AllReduceWatcher:
   """Every process's flag through a device max at each step boundary, the result read at the next one."""
 
   def __init__(self, mesh=None):
-    import jax
-    import jax.numpy as jnp
-
-    from perceiver_jax.training import parallel
-
     self._mesh = mesh or parallel.make_mesh()
+    self._sharding = parallel.batch_sharded(self._mesh)
     self._received = threading.Event()
     self._pending = None
     self._any = jax.jit(jnp.max, out_shardings=parallel.replicated(self._mesh))
@@ -46,16 +48,10 @@ class AllReduceWatcher:
     pass
 
   def stop_requested(self, step=None):
-    import jax
-    import numpy as np
-
-    from perceiver_jax.training import parallel
-
     del step
     agreed = self._pending is not None and bool(jax.device_get(self._pending))
     flags = np.full(len(self._mesh.local_devices), self._received.is_set(), np.int32)
-    sharding = parallel.batch_sharded(self._mesh)
-    self._pending = self._any(jax.make_array_from_process_local_data(sharding, flags))
+    self._pending = self._any(jax.make_array_from_process_local_data(self._sharding, flags))
     return agreed
 
 
