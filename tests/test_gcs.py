@@ -499,10 +499,9 @@ def test_train_on_tfds_data_dir_on_gcs_with_tensorboard_events(gcs_emulator, tmp
 
   _toy_tfds(tmp_path / "tfds", num_train=400, num_test=5)  # 400: under 2 epochs of the 12 steps of 64.
   data_dir, proxy = f"{gcs_emulator.bucket}/tfds", gcs_emulator.proxy
-  for folder, _, files in tf.io.gfile.walk(str(tmp_path / "tfds")):
-    for name in files:
-      relative = os.path.relpath(os.path.join(folder, name), tmp_path / "tfds")  # noqa: PTH118
-      tf.io.gfile.copy(os.path.join(folder, name), f"{data_dir}/{relative}")  # noqa: PTH118
+  for path in (tmp_path / "tfds").rglob("*"):
+    if path.is_file():
+      tf.io.gfile.copy(str(path), f"{data_dir}/{path.relative_to(tmp_path / 'tfds').as_posix()}")
   assert "gcs_toy/1.0.0/gcs_toy-train.tfrecord-00000-of-00001" in _objects(data_dir)
   # The tiny digits run on TFDS batches of the same shapes: the module's compilation cache has its steps.
   config = load_config("digits", TINY + ",checkpoint.every=12")
