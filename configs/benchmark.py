@@ -42,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Unrolled: 10% faster than scanned at this size on the 2-core CPU (docs/performance.md); the `paper`
     # variant scans, for its compile time.
     scan_repeats=False,
+    scan_blocks=False,
     remat=False,
   )
   c.input = dict(
@@ -109,7 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_cross_attends=8,
       num_self_attends_per_block=6,
     )
-    c.model.scan_repeats = True
+    c.model.update(scan_repeats=True, scan_blocks=True)  # As configs/imagenet.py: compiled once each.
     c.input.update(num_bands=64, max_resolution=224)
     c.dataset.update(image_size=224, num_classes=1000)
     # 8 per device: the paper-scale recipe's 1024 over 128 TPU cores; on a CPU use batch_per_device=1.

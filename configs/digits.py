@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Speed and memory switches (docs/performance.md); none changes the function or the parameters.
     attention_impl="xla",  # or "jax": jax.nn.dot_product_attention (cuDNN's fused kernel on GPU)
     cross_attention_chunk_size=None,  # e.g. 4096: cross-attention memory O(N x chunk), not O(N x M)
-    scan_repeats=True,  # the weight-shared repeats compiled once
+    scan_repeats=True,  # the repeats compiled once (one block per distinct block), shared or not
+    scan_blocks=False,  # True: a latent Transformer's blocks compiled once (a scan over their weights)
     remat=False,  # True: recompute each block in the backward pass (less memory, more compute)
   )
   c.input = dict(

@@ -59,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Speed and memory switches (docs/performance.md); none changes the function or the parameters.
     attention_impl="xla",  # or "jax": jax.nn.dot_product_attention (cuDNN's fused kernel on GPU)
     cross_attention_chunk_size=None,  # e.g. 4096: cross-attention memory O(N x chunk), not O(N x M)
-    scan_repeats=True,  # the weight-shared repeats compiled once
+    scan_repeats=True,  # the repeats compiled once (one block per distinct block), shared or not
+    scan_blocks=True,  # the latent Transformer's 6 blocks compiled once (a scan over their stacked weights)
     # Every block recomputed in the backward pass: the step then fits a 16 GB v5e chip at 16 per chip (6.0 GB
     # in bf16, measured by scripts/compile_tpu.py; 35.7 GB without), at about the same step time on a CPU.
     remat=True,

@@ -133,5 +133,14 @@ def test_bad_topologies_and_batches_say_what_to_give(config_loader):
   config = _local_config(config_loader)
   with pytest.raises(compile_tpu.TopologyError, match="give e.g. 'v5e:2x2'"):
     compile_tpu.compile_for_topology(config, "v9x:2x2", 2)
-  with pytest.raises(compile_tpu.TopologyError, match="multiple of the 2 devices per TPU v4 chip"):
-    compile_tpu.compile_for_topology(config, "v4:2x2x1", 3)
+  with pytest.raises(compile_tpu.TopologyError, match="positive multiple of the 1 devices per TPU v4 chip"):
+    compile_tpu.compile_for_topology(config, "v4:2x2x1", 0)
+
+
+def test_v4_and_v5p_chips_are_one_device_each_as_on_a_tpu_vm():
+  # Megacore: JAX drives a v4 or v5p chip's two TensorCores as one device; its meshes refuse anything else.
+  for name in ("v4:4x4x4", "v5p:2x2x1", "v5e:2x2"):
+    devices = compile_tpu.topology_devices(name)
+    assert len(devices) == compile_tpu.num_chips(name)
+    assert len({tuple(d.coords) for d in devices}) == len(devices)  # One device at each chip's place.
+  parallel.make_mesh(compile_tpu.topology_devices("v4:4x4x4"))

@@ -132,6 +132,51 @@ def test_scanned_repeats_agree_with_unrolled(reference):
   assert_trees_close(got_weights, weights, rtol=1e-4, atol=1e-6)
 
 
+# Structures whose repeats the scan runs with the weights of each repeat: blocks scanned, unshared repeats,
+# cross-attends at the start, one cross-attend before three latent Transformers, and shared cross-attends
+# that keep their keys and values (two heads, not folded), whose unshared first one runs before the scan.
+STRUCTURES = [
+  dict(num_self_attends_per_block=2, scan_blocks=True, remat=True),
+  dict(
+    share_cross_attends=False, share_latent_transformers=False, num_self_attends_per_block=2, scan_blocks=True
+  ),
+  dict(share_latent_transformers=False),
+  dict(cross_attend_layout="start", num_self_attends_per_block=2, scan_blocks=True),
+  dict(num_cross_attends=1, num_self_attends_per_block=2, scan_blocks=True),
+  dict(num_cross_heads=2, fold_cross_projections=False, num_self_attends_per_block=2, scan_blocks=True),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_scans_over_the_weights_of_each_repeat_agree_with_unrolled(reference, structure):
+  """The same function, gradients, weights and initial parameters as the unrolled model, with every
+  distinct block traced once (its matmuls appear once in the scanned program)."""
+  tokens, mask, params, *_ = reference
+  unrolled, scanned = (
+    {**structure, "scan_repeats": False, "scan_blocks": False},
+    {**structure, "scan_repeats": True},
+  )
+  model = lambda s: hk.transform(lambda x, m: Perceiver(**{**TINY, **s})(x, input_mask=m, is_training=True))
+  initial = [model(s).init(jax.random.PRNGKey(0), tokens, mask) for s in (unrolled, scanned)]
+  assert_trees_close(initial[0], initial[1], rtol=0, atol=0)
+  params = randomize(initial[0])
+  shapes, logits, grads, weights = perceiver_outputs(unrolled, tokens, mask, params)
+  got_shapes, got, got_grads, got_weights = perceiver_outputs(scanned, tokens, mask, params)
+  assert got_shapes == shapes
+  np.testing.assert_allclose(got, logits, rtol=1e-4, atol=1e-4)
+  assert_trees_close(got_grads, grads, rtol=1e-3, atol=1e-4)
+  assert len(got_weights) == len(weights) == (TINY | structure)["num_cross_attends"]
+  assert_trees_close(got_weights, weights, rtol=1e-4, atol=1e-6)
+  count = lambda s, p: str(jax.make_jaxpr(model(s).apply)(p, None, tokens, mask)).count("dot_general")
+  matmuls = [count(s, params) for s in (unrolled, scanned)]
+  # One repeat, unrolled: each distinct block's matmuls once (twice where the first repeat runs apart).
+  one = {**structure, "num_cross_attends": 1, "num_latent_transformers": 1, "scan_repeats": False}
+  one_repeat = count(one, model(one).init(jax.random.PRNGKey(0), tokens, mask))
+  assert matmuls[1] < matmuls[0]
+  assert matmuls[1] <= 2 * one_repeat
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "switches",

@@ -67,8 +67,11 @@ def topology_devices(name: str) -> list:
   _allow_other_libtpu_processes()
   from jax.experimental import topologies
 
+  # v4 and v5p chips hold two TensorCores that JAX drives as one device ("megacore"), as on a TPU VM; libtpu's
+  # topology otherwise describes one device per core, which JAX's meshes refuse for these chips.
+  megacore = {"chip_config_name": "megacore"} if name.split(":")[0] in ("v4", "v5p") else {}
   try:
-    return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+    return list(topologies.get_topology_desc(topology_name=name, platform="tpu", **megacore).devices)
   except Exception as e:  # libtpu missing, or a name it does not know.
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise TopologyError(
