@@ -3,11 +3,13 @@ r"""Compiles the real train and eval steps of a config for a TPU topology, here,
   python scripts/compile_tpu.py --config=configs/imagenet.py --topology=v5e:8x8 --per_chip_batch=16
   python scripts/compile_tpu.py --config=configs/imagenet.py:unshared --topology=v4:4x4x4 --find_max_batch
 
-Fields (perceiver_jax/compile_tpu.py): topology, chip, chips, per_chip_batch, lower_s, compile_s,
-per-chip arguments_gb, outputs_gb, temporaries_gb, total_gb and hbm_gb, fits, step_tflops (XLA's count,
-every repeat counted), and with --find_max_batch max_per_chip_batch. A case that does not fit prints its
-JSON with "fits": false and one line on stderr saying what it needs and what to change. Needs libtpu
-(pip install -e '.[tpu]').
+Fields (perceiver_jax/tools/compile_tpu.py): topology, chip, chips, per_chip_batch, lower_s, compile_s,
+per-chip arguments_gb, outputs_gb, temporaries_gb, total_gb and hbm_gb, fits, step_tflops (the traced
+step's matmul FLOPs, every repeat counted), XLA's cost estimate of the compiled program (xla_gflops,
+xla_gb_accessed, xla_optimal_s: a loop body counted once), and with --find_max_batch max_per_chip_batch.
+A case that does not fit prints its JSON with "fits": false and one line on stderr saying what it needs and
+what to change. --kernels=cpu compiles the hand-written CPU kernels instead of the plain path, to compare
+them on the TPU program. Needs libtpu (pip install -e '.[tpu]').
 """
 
 import sys
@@ -23,12 +25,17 @@ _PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 16, "Training examples 
 _FIND_MAX_BATCH = flags.DEFINE_bool(
   "find_max_batch", False, "Also find the largest per-chip batch that fits."
 )
+_KERNELS = flags.DEFINE_enum(
+  "kernels", "tpu", ["tpu", "cpu"], "Whose kernels to trace the model with: the TPU's (plain) or the CPU's."
+)
 
 
 def main(argv: list[str]) -> None:
   del argv
   try:
-    compile_tpu.main(_CONFIG.value, _TOPOLOGY.value, _PER_CHIP_BATCH.value, _FIND_MAX_BATCH.value)
+    compile_tpu.main(
+      _CONFIG.value, _TOPOLOGY.value, _PER_CHIP_BATCH.value, _FIND_MAX_BATCH.value, kernels=_KERNELS.value
+    )
   except compile_tpu.TopologyError as e:
     sys.exit(str(e))
 

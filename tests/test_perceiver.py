@@ -116,6 +116,7 @@ def test_lowered_cost_analysis_matches_the_analytic_count(config_loader):
     latent_channels=128,
     num_self_attends_per_block=2,
     scan_repeats=False,
+    scan_blocks=False,
     fold_cross_projections=False,
   )
   model, params, state, images, keys = flops._abstract_forward(config)

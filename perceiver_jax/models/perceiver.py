@@ -181,6 +181,11 @@ class Perceiver(hk.Module):
     init = hk.initializers.TruncatedNormal(stddev=0.02)
     latents = hk.get_parameter("latents", [self.num_latents, self.latent_channels], init=init)
     latents = jnp.broadcast_to(latents.astype(tokens.dtype), (tokens.shape[0], *latents.shape))  # [B, N, D]
+    # Under shard_map the latents, read from a replicated parameter, vary over the devices as the tokens do
+    # once they have read them; the scan over the repeats carries them, and a carry says so from the start.
+    axes = lambda x: jax.typeof(x).manual_axis_type.varying
+    if varying := tuple(sorted(axes(tokens) - axes(latents))):
+      latents = jax.lax.pcast(latents, varying, to="varying")
 
     # Every cross-attend normalises the same tokens: once here. The blocks fold their LayerNorm's scale
     # and offset into their projections.
@@ -254,7 +259,9 @@ class Perceiver(hk.Module):
       runs = [[segments[0]]] + runs if memories else runs
       weights = []
       for run in runs:
-        latents, outs = self._scan_run(run, latents, cross_attends, transformers, cross, transformer)
+        latents, outs = _scan_run(
+          run, latents, cross_attends, transformers, cross, transformer, self.scan_blocks
+        )
         weights += outs
     else:
       # Unrolled. At init every module runs once, at its first use: that creates every parameter, in the
@@ -278,50 +285,54 @@ class Perceiver(hk.Module):
     logits = hk.Linear(self.num_classes, w_init=hk.initializers.Constant(0.0), name="classifier")(pooled)
     return (logits, weights) if return_attention else logits
 
-  def _scan_run(self, run, latents, cross_attends, transformers, cross, transformer):
-    """`run`'s segments (alike in structure) as one `hk.scan` -> (latents, the cross-attends' weights).
 
-    The scan's step runs the first segment's modules with the weights of the segment at hand: their own
-    where every segment uses the same module (weight sharing), else a slice of the segments' weights
-    stacked (`stacked_parameters`). Each block is so compiled once, whether the repeats share weights or not.
-    """
-    kinds = [kind for kind, _ in run[0]]
-    ops = {"cross": cross_attends, "latent": transformers}
-    # Per position in a segment: the distinct modules there (first-use order), their weights stacked when
-    # they differ, and which of them each segment uses.
-    slots = []
-    for p, kind in enumerate(kinds):
-      used = [ops[kind][seg[p][1]] for seg in run]
-      distinct = list({id(m): m for m in used}.values())
-      index = jnp.array([[id(m) for m in distinct].index(id(m)) for m in used], jnp.int32)
-      if len(distinct) > 1 and kind == "cross":
-        stack = stacked_parameters(distinct)
-      elif len(distinct) > 1:  # A latent Transformer is a list of blocks: weights [repeats, L, ...].
-        stack = jax.tree.map(lambda *ps: jnp.stack(ps), *[stacked_parameters(blocks) for blocks in distinct])
-      elif kind == "latent" and self.scan_blocks and len(distinct[0]) > 1:
-        stack, index = stacked_parameters(distinct[0]), None  # Stacked once, outside the scan.
-      else:
-        stack = None
-      slots.append((kind, distinct[0], stack, index))
+def _scan_run(run, latents, cross_attends, transformers, cross, transformer, scan_blocks: bool):
+  """`run`'s segments (alike in structure) as one `hk.scan` -> (latents, the cross-attends' weights).
 
-    def step(x, n):
-      outs = None
-      for kind, module, stack, index in slots:
-        chosen = stack if stack is None or index is None else _select(stack, index[n])
-        if kind == "latent":
-          x = transformer(module, x, chosen)
-          continue
-        with contextlib.nullcontext() if chosen is None else parameters_from(module, chosen):
-          x, outs = cross(module, x)
-      return x, outs
+  A function, not a method of `Perceiver`: a mixed-precision policy would cast a method's outputs to its
+  output dtype.
 
-    if len(run) == 1:
-      latents, out = step(latents, 0)
-      return latents, [out] if "cross" in kinds else []
-    latents, outs = hk.scan(step, latents, jnp.arange(len(run)))
-    if "cross" not in kinds:
-      return latents, []
-    return latents, [None] * len(run) if outs is None else list(outs)
+  The scan's step runs the first segment's modules with the weights of the segment at hand: their own
+  where every segment uses the same module (weight sharing), else a slice of the segments' weights
+  stacked (`stacked_parameters`). Each block is so compiled once, whether the repeats share weights or not.
+  """
+  kinds = [kind for kind, _ in run[0]]
+  ops = {"cross": cross_attends, "latent": transformers}
+  # Per position in a segment: the distinct modules there (first-use order), their weights stacked when
+  # they differ, and which of them each segment uses.
+  slots = []
+  for p, kind in enumerate(kinds):
+    used = [ops[kind][seg[p][1]] for seg in run]
+    distinct = list({id(m): m for m in used}.values())
+    index = jnp.array([[id(m) for m in distinct].index(id(m)) for m in used], jnp.int32)
+    if len(distinct) > 1 and kind == "cross":
+      stack = stacked_parameters(distinct)
+    elif len(distinct) > 1:  # A latent Transformer is a list of blocks: weights [repeats, L, ...].
+      stack = jax.tree.map(lambda *ps: jnp.stack(ps), *[stacked_parameters(blocks) for blocks in distinct])
+    elif kind == "latent" and scan_blocks and len(distinct[0]) > 1:
+      stack, index = stacked_parameters(distinct[0]), None  # Stacked once, outside the scan.
+    else:
+      stack = None
+    slots.append((kind, distinct[0], stack, index))
+
+  def step(x, n):
+    outs = None
+    for kind, module, stack, index in slots:
+      chosen = stack if stack is None or index is None else _select(stack, index[n])
+      if kind == "latent":
+        x = transformer(module, x, chosen)
+        continue
+      with contextlib.nullcontext() if chosen is None else parameters_from(module, chosen):
+        x, outs = cross(module, x)
+    return x, outs
+
+  if len(run) == 1:
+    latents, out = step(latents, 0)
+    return latents, [out] if "cross" in kinds else []
+  latents, outs = hk.scan(step, latents, jnp.arange(len(run)))
+  if "cross" not in kinds:
+    return latents, []
+  return latents, [None] * len(run) if outs is None else list(outs)
 
 
 def _own(module: hk.Module, module_name: str) -> bool:

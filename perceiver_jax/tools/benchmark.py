@@ -100,9 +100,9 @@ def xla_step_flops(trainer: train.Trainer, train_state, batch) -> float:
   cost_analysis counts a loop body once, so the count is taken on a lowering with the repeats unrolled.
   """
   config = trainer.config
-  if config.model_name == "perceiver" and config.model.scan_repeats:
+  if config.model_name == "perceiver" and (config.model.scan_repeats or config.model.scan_blocks):
     config = ml_collections.ConfigDict(config.to_dict())
-    config.model.scan_repeats = False
+    config.model.update(scan_repeats=False, scan_blocks=False)
     trainer = train.Trainer(config, mesh=trainer.mesh, total_steps=trainer.total_steps)
   cost = trainer.train_step.lower(train_state, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -167,6 +167,16 @@ def _memory(compiled, devices_per_chip: int) -> dict[str, float]:
   }
 
 
+def _cost(compiled) -> dict[str, float | None]:
+  """XLA's cost estimate of one device's program: a loop's body counted once, whatever its trip count."""
+  cost = compiled.cost_analysis() or {}
+  return {
+    "xla_gflops": cost["flops"] / 1e9 if "flops" in cost else None,
+    "xla_gb_accessed": cost["bytes accessed"] / GB if "bytes accessed" in cost else None,
+    "xla_optimal_s": cost.get("optimal_seconds"),
+  }
+
+
 def compile_for_topology(
   config: ml_collections.ConfigDict,
   topology: str,
@@ -175,9 +185,12 @@ def compile_for_topology(
   eval_step: bool = True,
   count_flops: bool = True,
   keep_compiled: bool = False,
+  kernels: str = "tpu",
 ) -> dict[str, Any]:
   """Compiles `config`'s train step (and eval step) for `topology` at `per_chip_batch`; see the module doc.
 
+  `kernels`: the platform whose kernels the model is traced with (`attention.kernels_for`): the TPU's own
+  plain path, or 'cpu' to compile the hand-written CPU kernels for the TPU and compare them.
   Returns the flat dict of `scripts/compile_tpu.py`'s JSON line; with `keep_compiled`, also the compiled
   train step under '_compiled' (None when it did not fit).
   """
@@ -195,7 +208,7 @@ def compile_for_topology(
   hbm = HBM_GB_PER_CHIP.get(kind)
   global_batch = per_chip_batch * chips
   trainer = train.Trainer(
-    step_config(config, global_batch), mesh=parallel.make_mesh(devices), total_steps=1000
+    step_config(config, global_batch), mesh=parallel.make_mesh(devices), total_steps=1000, platform=kernels
   )
   state, batch, eval_batch, index = abstract_inputs(trainer, global_batch)
 
@@ -214,12 +227,14 @@ def compile_for_topology(
     "global_batch": global_batch,
     "precision": trainer.config.precision,
     "remat": bool("remat" in trainer.config.model and trainer.config.model.remat),
+    "kernels": kernels,
     "lower_s": lower_s,
     "compile_s": compile_s,
     "hbm_gb": hbm,
   }
   if compiled is not None:
     result.update(_memory(compiled, per_chip_devices))
+    result.update(_cost(compiled))
     capacity = hbm
   else:
     # The report gives the temporaries; the arguments (state and batch shard) are known from their shapes.
@@ -289,7 +304,9 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, first: dict
   if b2 == b1:
     fits = first["fits"]
     return {"max_per_chip_batch": b1 if fits else 0, "max_batch_compiles": 1, "max_batch_total_gb": None}
-  run = functools.partial(compile_for_topology, config, topology, eval_step=False, count_flops=False)
+  run = functools.partial(
+    compile_for_topology, config, topology, eval_step=False, count_flops=False, kernels=first["kernels"]
+  )
   second = run(b2)
   compiles, m1, m2 = 2, first["total_gb"], second["total_gb"]
   slope = (m2 - m1) / (b2 - b1)
@@ -311,12 +328,14 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, first: dict
   return {"max_per_chip_batch": best, "max_batch_compiles": compiles, "max_batch_total_gb": best_gb}
 
 
-def main(config: ml_collections.ConfigDict, topology: str, per_chip_batch: int, max_batch: bool) -> dict:
+def main(
+  config: ml_collections.ConfigDict, topology: str, per_chip_batch: int, max_batch: bool, kernels: str = "tpu"
+) -> dict:
   """Prints the JSON line of `scripts/compile_tpu.py` (and, when it does not fit, the advice on stderr)."""
   import json
   import sys
 
-  result = compile_for_topology(config, topology, per_chip_batch)
+  result = compile_for_topology(config, topology, per_chip_batch, kernels=kernels)
   if max_batch:
     result.update(find_max_batch(config, topology, result))
     if not result["fits"]:

@@ -39,6 +39,7 @@ RESUMABLE_CHANGES = (
   "model.attention_impl",
   "model.cross_attention_chunk_size",
   "model.scan_repeats",
+  "model.scan_blocks",
   "model.remat",
 )
 
@@ -46,6 +47,7 @@ RESUMABLE_CHANGES = (
 # a resume that sets one to that value changes nothing.
 ADDED_FIELDS = {
   "input.front_end": "image",
+  "model.scan_blocks": False,
 }
 
 
