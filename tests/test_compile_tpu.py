@@ -18,7 +18,8 @@ FIELDS = (
   "topology", "chip", "chips", "devices_per_chip", "hosts", "per_chip_batch", "global_batch", "precision",
   "remat", "lower_s", "compile_s", "eval_compile_s", "arguments_gb", "outputs_gb", "aliased_gb",
   "temporaries_gb", "code_gb", "total_gb", "eval_total_gb", "hbm_gb", "usable_hbm_gb", "fits",
-  "step_tflops", "model_gflops_per_image", "advice",
+  "step_tflops", "model_gflops_per_image", "advice", "kernels", "xla_gflops", "xla_gb_accessed",
+  "xla_optimal_s",
 )  # fmt: skip
 
 
@@ -45,6 +46,9 @@ def _check_fields(result, config, topology, chips, hosts):
   assert result["total_gb"] == pytest.approx(parts + result["code_gb"])
   assert 0 < result["eval_total_gb"] and 0 < result["total_gb"] < result["hbm_gb"]
   assert result["fits"] is True and result["advice"] is None
+  # XLA's cost estimate of the compiled program (a loop body counted once).
+  assert result["kernels"] == "tpu"
+  assert result["xla_gflops"] > 0 and result["xla_gb_accessed"] > 0 and result["xla_optimal_s"] > 0
   # The compiled program's arguments are the replicated state and this device's shard of the batch (in
   # the TPU's tiled layout, which pads small arrays: at least their bytes).
   trainer = train.Trainer(
@@ -101,6 +105,24 @@ def test_bfloat16_is_read_from_the_compiled_tpu_program(bf16_v5e):
   b, classes = result["global_batch"] // result["chips"], config.dataset.num_classes
   assert re.search(rf"f32\[{b},{classes}\]\S* exponential\(", hlo)
   assert not re.search(rf"bf16\[{b},{classes}\]\S* exponential\(", hlo)
+
+
+def test_the_cpu_kernels_compile_for_the_tpu_to_be_compared(bf16_v5e):
+  # The hand-written CPU kernels pin layouts with optimization barriers (gone once XLA has scheduled the
+  # program): the traced step has them with kernels="cpu" only, and the compiled programs differ.
+  config, plain = bf16_v5e
+  cpu = compile_tpu.compile_for_topology(
+    config, "v5e:2x2", 2, eval_step=False, keep_compiled=True, kernels="cpu"
+  )
+  assert cpu["kernels"] == "cpu" and cpu["fits"] and cpu["step_tflops"] == pytest.approx(plain["step_tflops"])
+  assert cpu["_compiled"].as_text() != plain["_compiled"].as_text()
+  devices = compile_tpu.topology_devices("v5e:2x2")
+  for kernels, barriers in (("cpu", True), ("tpu", False)):
+    trainer = train.Trainer(
+      compile_tpu.step_config(config, 8), mesh=parallel.make_mesh(devices), total_steps=10, platform=kernels
+    )
+    state, batch, _, _ = compile_tpu.abstract_inputs(trainer, 8)
+    assert ("optimization_barrier" in str(jax.make_jaxpr(trainer.train_step)(state, batch))) is barriers
 
 
 def test_sixteen_chips_on_four_hosts(config_loader, capsys):
