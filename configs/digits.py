@@ -154,6 +154,7 @@ def _with_baselines(variants: dict) -> dict:
         widening_factor=4,
         dropout_rate=0.0,
         pool="token",
+        remat=False,
       )
     )
 
@@ -171,6 +172,7 @@ def _with_baselines(variants: dict) -> dict:
         num_heads=4,
         widening_factor=4,
         dropout_rate=0.0,
+        remat=False,
       )
     )
 

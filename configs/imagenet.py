@@ -222,7 +222,14 @@ def _with_baselines(variants: dict, arg: str | None) -> dict:
       else dict(patch_size=16, width=768, num_layers=12, num_heads=12)
     )
     c.model = ml_collections.ConfigDict(
-      dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, pool="token", **size)
+      dict(
+        num_classes=c.dataset.num_classes,
+        widening_factor=4,
+        dropout_rate=0.0,
+        pool="token",
+        remat=False,
+        **size,
+      )
     )
 
   def transformer64(c):
@@ -231,8 +238,10 @@ def _with_baselines(variants: dict, arg: str | None) -> dict:
     # `baselines.Transformer`). runlocal: a 16x16 grid.
     c.model_name = "transformer"
     size = dict(width=32, num_layers=2, num_heads=2) if local else dict(width=512, num_layers=12, num_heads=8)
+    # Every block recomputed in the backward pass: without it the step needs 25.8 GB per v5e chip at 16 per
+    # chip (its 4,096-token attention), measured by scripts/compile_tpu.py. runlocal: off.
     c.model = ml_collections.ConfigDict(
-      dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, **size)
+      dict(num_classes=c.dataset.num_classes, widening_factor=4, dropout_rate=0.0, remat=not local, **size)
     )
     c.input.resize_to = 16 if local else 64
     c.input.max_resolution = c.input.resize_to

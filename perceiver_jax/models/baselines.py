@@ -53,14 +53,25 @@ def patchify(images, patch_size: int):
 
 
 def _encoder(
-  x, num_layers: int, num_heads: int, widening_factor: int, dropout_rate: float, is_training: bool
+  x,
+  num_layers: int,
+  num_heads: int,
+  widening_factor: int,
+  dropout_rate: float,
+  is_training: bool,
+  remat: bool = False,
 ):
-  """`num_layers` pre-LayerNorm self-attention blocks, then a final LayerNorm: [B, T, D] -> [B, T, D]."""
+  """`num_layers` pre-LayerNorm self-attention blocks, then a final LayerNorm: [B, T, D] -> [B, T, D].
+
+  `remat`: every block recomputed in the backward pass (`hk.remat`), so that only the [B, T, D] stream
+  between blocks is kept, not each block's [B, heads, T, T] attention.
+  """
   for i in range(num_layers):
     block = SelfAttentionBlock(
       num_heads=num_heads, widening_factor=widening_factor, dropout_rate=dropout_rate, name=f"block_{i}"
     )
-    x = block(x, is_training=is_training)
+    call = lambda y, block=block: block(y, is_training=is_training)
+    x = (hk.remat(call) if remat else call)(x)
   # Pre-LN blocks leave the residual stream unnormalised; the head needs it normalised.
   return layer_norm(x, "final_norm")
 
@@ -177,6 +188,7 @@ class ViT(hk.Module):
     widening_factor: int = 4,
     dropout_rate: float = 0.0,
     pool: str = "token",
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name)
@@ -205,6 +217,7 @@ class ViT(hk.Module):
     self.num_heads = num_heads
     self.widening_factor = widening_factor
     self.dropout_rate = dropout_rate
+    self.remat = remat
     self.pool = pool
 
   def __call__(self, tokens, *, is_training: bool):
@@ -218,7 +231,9 @@ class ViT(hk.Module):
     init = hk.initializers.TruncatedNormal(stddev=0.02)
     pos = hk.get_parameter("position_embedding", list(x.shape[1:]), init=init)  # [1 + T, D] or [T, D]
     x = x + pos.astype(x.dtype)
-    x = _encoder(x, self.num_layers, self.num_heads, self.widening_factor, self.dropout_rate, is_training)
+    x = _encoder(
+      x, self.num_layers, self.num_heads, self.widening_factor, self.dropout_rate, is_training, self.remat
+    )
     pooled = x[:, 0] if self.pool == "token" else jnp.mean(x, axis=1)  # [B, D]
     return _head(pooled, self.num_classes)
 
@@ -246,6 +261,7 @@ class Transformer(hk.Module):
     num_heads: int = 8,
     widening_factor: int = 4,
     dropout_rate: float = 0.0,
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name)
@@ -266,11 +282,14 @@ class Transformer(hk.Module):
     self.num_heads = num_heads
     self.widening_factor = widening_factor
     self.dropout_rate = dropout_rate
+    self.remat = remat
 
   def __call__(self, tokens, *, is_training: bool):
     """tokens [B, M, C] -> logits [B, num_classes]."""
     if tokens.ndim != 3:
       raise ValueError(f"transformer takes tokens [B, M, C]; got shape {tokens.shape}.")
     x = hk.Linear(self.width, name="embedding")(tokens)  # [B, M, D]
-    x = _encoder(x, self.num_layers, self.num_heads, self.widening_factor, self.dropout_rate, is_training)
+    x = _encoder(
+      x, self.num_layers, self.num_heads, self.widening_factor, self.dropout_rate, is_training, self.remat
+    )
     return _head(jnp.mean(x, axis=1), self.num_classes)  # [B, num_classes]
