@@ -155,6 +155,7 @@ def _with_baselines(variants: dict) -> dict:
         dropout_rate=0.0,
         pool="token",
         remat=False,
+        attention_chunk_size=None,
       )
     )
 
@@ -173,6 +174,7 @@ def _with_baselines(variants: dict) -> dict:
         widening_factor=4,
         dropout_rate=0.0,
         remat=False,
+        attention_chunk_size=None,
       )
     )
 

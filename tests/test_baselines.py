@@ -196,10 +196,12 @@ def test_baselines_are_registered():
     (baselines.ViT, dict(grid_shape=(4, 4), patch_size=2, width=16, num_layers=2, num_heads=2)),
   ],
 )
-def test_rematerialised_blocks_give_the_same_logits_and_gradients(cls, kwargs):
+def test_rematerialised_and_chunked_blocks_give_the_same_logits_and_gradients(cls, kwargs):
   tokens = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 5))
-  model = lambda remat: hk.transform(lambda x: cls(num_classes=3, remat=remat, **kwargs)(x, is_training=True))
-  params = model(False).init(jax.random.PRNGKey(1), tokens)
+  model = lambda remat, chunk: hk.transform(
+    lambda x: cls(num_classes=3, remat=remat, attention_chunk_size=chunk, **kwargs)(x, is_training=True)
+  )
+  params = model(False, None).init(jax.random.PRNGKey(1), tokens)
   # The head starts at zero: random weights everywhere, so the gradients reach every block.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
@@ -207,11 +209,14 @@ def test_rematerialised_blocks_give_the_same_logits_and_gradients(cls, kwargs):
     tree, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
   )
   outputs = []
-  for remat in (False, True):
-    loss = lambda p, remat=remat: jnp.sum(jnp.sin(model(remat).apply(p, None, tokens)))
+  for remat, chunk in ((False, None), (True, None), (True, 3)):  # 3: chunks that do not divide the tokens.
+    run = lambda p, remat=remat, chunk=chunk: model(remat, chunk).apply(p, None, tokens)
+    loss = lambda p, run=run: jnp.sum(jnp.sin(run(p)))
     outputs.append(jax.value_and_grad(loss)(params))
     jaxpr = str(jax.make_jaxpr(loss)(params))
     assert ("remat" in jaxpr or "checkpoint" in jaxpr) is remat
-  np.testing.assert_allclose(outputs[0][0], outputs[1][0], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(outputs[0][1]), jax.tree.leaves(outputs[1][1]), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert ("scan" in jaxpr) is (chunk is not None)
+  for value, grads in outputs[1:]:
+    np.testing.assert_allclose(value, outputs[0][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(outputs[0][1]), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -484,7 +484,7 @@ class MultiHeadAttention(hk.Module):
     w = jnp.concatenate([wq, wk, wv], axis=1)
     qkv = _dense(x, w, jnp.concatenate([bq, jnp.zeros_like(bq), bv]))  # [B, N, 2 Q + V]
     q, k, v = (_split_heads(y, h) for y in jnp.split(qkv, [qk, 2 * qk], axis=-1))
-    return self._attend(q, k, v, mask)
+    return self._attend(q, k, v, mask, chunk_size=self.chunk_size)
 
   @hk.name_like("__call__")
   def keys_values(self, inputs, *, input_norm=None):
@@ -661,18 +661,24 @@ class SelfAttentionBlock(hk.Module):
     widening_factor: int = 1,
     dropout_rate: float = 0.0,
     attention_impl: str = "xla",
+    chunk_size: int | None = None,
     name: str | None = None,
   ):
+    """`chunk_size`: attend to the keys in chunks of this many (exact online softmax, 'xla' only), so the
+    attention's memory is O(N x chunk) rather than O(N^2)."""
     super().__init__(name=name)
     self.num_heads = num_heads
     self.widening_factor = widening_factor
     self.dropout_rate = dropout_rate
     self.attention_impl = attention_impl
+    self.chunk_size = chunk_size
 
   def __call__(self, x, *, mask=None, is_training: bool):
     """x [B, N, D], mask bool [B, N] -> [B, N, D]."""
     d = x.shape[-1]
-    attention = MultiHeadAttention(self.num_heads, d, d, d, self.attention_impl, name="attention")
+    attention = MultiHeadAttention(
+      self.num_heads, d, d, d, self.attention_impl, self.chunk_size, name="attention"
+    )
     norm = _NormParams(name="norm")(d)
     x = x + _dropout(attention.self_attention(normalize(x), mask, norm=norm), self.dropout_rate, is_training)
     mlp_norm = _NormParams(name="mlp_norm")(d)

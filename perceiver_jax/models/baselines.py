@@ -60,15 +60,21 @@ def _encoder(
   dropout_rate: float,
   is_training: bool,
   remat: bool = False,
+  chunk_size: int | None = None,
 ):
   """`num_layers` pre-LayerNorm self-attention blocks, then a final LayerNorm: [B, T, D] -> [B, T, D].
 
   `remat`: every block recomputed in the backward pass (`hk.remat`), so that only the [B, T, D] stream
-  between blocks is kept, not each block's [B, heads, T, T] attention.
+  between blocks is kept, not each block's [B, heads, T, T] attention; `chunk_size`: attention over the
+  keys in chunks of this many (exact), so that even one block's needs O(T x chunk), not O(T^2).
   """
   for i in range(num_layers):
     block = SelfAttentionBlock(
-      num_heads=num_heads, widening_factor=widening_factor, dropout_rate=dropout_rate, name=f"block_{i}"
+      num_heads=num_heads,
+      widening_factor=widening_factor,
+      dropout_rate=dropout_rate,
+      chunk_size=chunk_size,
+      name=f"block_{i}",
     )
     call = lambda y, block=block: block(y, is_training=is_training)
     x = (hk.remat(call) if remat else call)(x)
@@ -189,6 +195,7 @@ class ViT(hk.Module):
     dropout_rate: float = 0.0,
     pool: str = "token",
     remat: bool = False,
+    attention_chunk_size: int | None = None,
     name: str | None = None,
   ):
     super().__init__(name=name)
@@ -218,6 +225,9 @@ class ViT(hk.Module):
     self.widening_factor = widening_factor
     self.dropout_rate = dropout_rate
     self.remat = remat
+    if attention_chunk_size is not None:
+      check_positive(attention_chunk_size=attention_chunk_size)
+    self.attention_chunk_size = attention_chunk_size
     self.pool = pool
 
   def __call__(self, tokens, *, is_training: bool):
@@ -232,7 +242,14 @@ class ViT(hk.Module):
     pos = hk.get_parameter("position_embedding", list(x.shape[1:]), init=init)  # [1 + T, D] or [T, D]
     x = x + pos.astype(x.dtype)
     x = _encoder(
-      x, self.num_layers, self.num_heads, self.widening_factor, self.dropout_rate, is_training, self.remat
+      x,
+      self.num_layers,
+      self.num_heads,
+      self.widening_factor,
+      self.dropout_rate,
+      is_training,
+      self.remat,
+      self.attention_chunk_size,
     )
     pooled = x[:, 0] if self.pool == "token" else jnp.mean(x, axis=1)  # [B, D]
     return _head(pooled, self.num_classes)
@@ -262,6 +279,7 @@ class Transformer(hk.Module):
     widening_factor: int = 4,
     dropout_rate: float = 0.0,
     remat: bool = False,
+    attention_chunk_size: int | None = None,
     name: str | None = None,
   ):
     super().__init__(name=name)
@@ -283,6 +301,9 @@ class Transformer(hk.Module):
     self.widening_factor = widening_factor
     self.dropout_rate = dropout_rate
     self.remat = remat
+    if attention_chunk_size is not None:
+      check_positive(attention_chunk_size=attention_chunk_size)
+    self.attention_chunk_size = attention_chunk_size
 
   def __call__(self, tokens, *, is_training: bool):
     """tokens [B, M, C] -> logits [B, num_classes]."""
@@ -290,6 +311,13 @@ class Transformer(hk.Module):
       raise ValueError(f"transformer takes tokens [B, M, C]; got shape {tokens.shape}.")
     x = hk.Linear(self.width, name="embedding")(tokens)  # [B, M, D]
     x = _encoder(
-      x, self.num_layers, self.num_heads, self.widening_factor, self.dropout_rate, is_training, self.remat
+      x,
+      self.num_layers,
+      self.num_heads,
+      self.widening_factor,
+      self.dropout_rate,
+      is_training,
+      self.remat,
+      self.attention_chunk_size,
     )
     return _head(jnp.mean(x, axis=1), self.num_classes)  # [B, num_classes]
