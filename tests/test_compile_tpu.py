@@ -166,3 +166,11 @@ def test_v4_and_v5p_chips_are_one_device_each_as_on_a_tpu_vm():
     assert len(devices) == compile_tpu.num_chips(name)
     assert len({tuple(d.coords) for d in devices}) == len(devices)  # One device at each chip's place.
   parallel.make_mesh(compile_tpu.topology_devices("v4:4x4x4"))
+
+
+def test_chunked_attention_compiles_in_the_data_parallel_step(config_loader):
+  # The online softmax's scan starts from constants: under shard_map they must be typed as varying over
+  # the batch axis, as its step's outputs are (runlocal: 1,024 tokens in chunks of 100).
+  config = _local_config(config_loader, "cross_attention_chunk_size=100")
+  result = compile_tpu.compile_for_topology(config, "v5e:2x2", 2, eval_step=False, count_flops=False)
+  assert result["fits"] is True

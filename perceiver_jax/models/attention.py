@@ -256,6 +256,19 @@ def _chunked_attention(q, k, v, key_mask, chunk):
   return _chunked_attention_fwd(q, k, v, key_mask, chunk)[0]
 
 
+def varying_like(tree, *refs):
+  """`tree` typed as varying over every manual mesh axis (shard_map) that any of `refs` varies over: a scan's
+  initial carry made of constants must say so when the step's output depends on varying values."""
+  axes = lambda x: jax.typeof(x).manual_axis_type.varying
+  want = frozenset().union(*(axes(r) for r in refs if r is not None))
+
+  def vary(x):
+    missing = tuple(sorted(want - axes(x)))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+  return jax.tree.map(vary, tree)
+
+
 def _chunked_attention_fwd(q, k, v, key_mask, chunk):
   """Online softmax over key chunks: running max, running sum and running weighted sum, rescaled."""
   ks, vs, masks = _chunk_inputs(k, v, key_mask, chunk)
@@ -278,7 +291,7 @@ def _chunked_attention_fwd(q, k, v, key_mask, chunk):
     )
     return (m_new, total, acc), None
 
-  (m, total, acc), _ = lax.scan(step, init, (ks, vs, masks))
+  (m, total, acc), _ = lax.scan(step, varying_like(init, q, k, v, key_mask), (ks, vs, masks))
   out = (acc / total).astype(v.dtype)
   log_sum = m + jnp.log(total)  # [..., N, 1]
   return out, (q, k, v, key_mask, out, log_sum)
@@ -301,7 +314,8 @@ def _chunked_attention_bwd(chunk, residuals, d_out):
     dv_c = jnp.einsum("...nm,...nv->...mv", p.astype(v.dtype), d_out, preferred_element_type=jnp.float32)
     return dq, (dk_c.astype(k.dtype), dv_c.astype(v.dtype))
 
-  dq, (dks, dvs) = lax.scan(step, jnp.zeros(q.shape, jnp.float32), (ks, vs, masks))
+  dq0 = varying_like(jnp.zeros(q.shape, jnp.float32), q, k, v, key_mask, d_out)
+  dq, (dks, dvs) = lax.scan(step, dq0, (ks, vs, masks))
   m = k.shape[-2]
   return dq.astype(q.dtype), _unchunk(dks, k.ndim - 2, m), _unchunk(dvs, v.ndim - 2, m), None
 

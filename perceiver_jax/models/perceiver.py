@@ -40,7 +40,13 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from perceiver_jax.models.attention import ATTENTION_IMPLS, CrossAttentionBlock, SelfAttentionBlock, normalize
+from perceiver_jax.models.attention import (
+  ATTENTION_IMPLS,
+  CrossAttentionBlock,
+  SelfAttentionBlock,
+  normalize,
+  varying_like,
+)
 from perceiver_jax.models.checks import check_positive
 
 LAYOUTS = ("interleaved", "start")
@@ -183,9 +189,7 @@ class Perceiver(hk.Module):
     latents = jnp.broadcast_to(latents.astype(tokens.dtype), (tokens.shape[0], *latents.shape))  # [B, N, D]
     # Under shard_map the latents, read from a replicated parameter, vary over the devices as the tokens do
     # once they have read them; the scan over the repeats carries them, and a carry says so from the start.
-    axes = lambda x: jax.typeof(x).manual_axis_type.varying
-    if varying := tuple(sorted(axes(tokens) - axes(latents))):
-      latents = jax.lax.pcast(latents, varying, to="varying")
+    latents = varying_like(latents, tokens)
 
     # Every cross-attend normalises the same tokens: once here. The blocks fold their LayerNorm's scale
     # and offset into their projections.
