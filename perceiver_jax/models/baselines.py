@@ -52,32 +52,24 @@ def patchify(images, patch_size: int):
   return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def _encoder(
-  x,
-  num_layers: int,
-  num_heads: int,
-  widening_factor: int,
-  dropout_rate: float,
-  is_training: bool,
-  remat: bool = False,
-  chunk_size: int | None = None,
-):
-  """`num_layers` pre-LayerNorm self-attention blocks, then a final LayerNorm: [B, T, D] -> [B, T, D].
+def _encoder(x, model: hk.Module, is_training: bool):
+  """`model.num_layers` pre-LayerNorm self-attention blocks, then a final LayerNorm: [B, T, D] -> [B, T, D].
 
-  `remat`: every block recomputed in the backward pass (`hk.remat`), so that only the [B, T, D] stream
-  between blocks is kept, not each block's [B, heads, T, T] attention; `chunk_size`: attention over the
-  keys in chunks of this many (exact), so that even one block's needs O(T x chunk), not O(T^2).
+  `model` (a ViT or Transformer) gives num_layers, num_heads, widening_factor, dropout_rate and:
+  `remat`, every block recomputed in the backward pass (`hk.remat`), so that only the [B, T, D] stream
+  between blocks is kept, not each block's [B, heads, T, T] attention; `attention_chunk_size`, attention
+  over the keys in chunks of this many (exact), so that even one block's needs O(T x chunk), not O(T^2).
   """
-  for i in range(num_layers):
+  for i in range(model.num_layers):
     block = SelfAttentionBlock(
-      num_heads=num_heads,
-      widening_factor=widening_factor,
-      dropout_rate=dropout_rate,
-      chunk_size=chunk_size,
+      num_heads=model.num_heads,
+      widening_factor=model.widening_factor,
+      dropout_rate=model.dropout_rate,
+      chunk_size=model.attention_chunk_size,
       name=f"block_{i}",
     )
     call = lambda y, block=block: block(y, is_training=is_training)
-    x = (hk.remat(call) if remat else call)(x)
+    x = (hk.remat(call) if model.remat else call)(x)
   # Pre-LN blocks leave the residual stream unnormalised; the head needs it normalised.
   return layer_norm(x, "final_norm")
 
@@ -241,16 +233,7 @@ class ViT(hk.Module):
     init = hk.initializers.TruncatedNormal(stddev=0.02)
     pos = hk.get_parameter("position_embedding", list(x.shape[1:]), init=init)  # [1 + T, D] or [T, D]
     x = x + pos.astype(x.dtype)
-    x = _encoder(
-      x,
-      self.num_layers,
-      self.num_heads,
-      self.widening_factor,
-      self.dropout_rate,
-      is_training,
-      self.remat,
-      self.attention_chunk_size,
-    )
+    x = _encoder(x, self, is_training)
     pooled = x[:, 0] if self.pool == "token" else jnp.mean(x, axis=1)  # [B, D]
     return _head(pooled, self.num_classes)
 
@@ -310,14 +293,5 @@ class Transformer(hk.Module):
     if tokens.ndim != 3:
       raise ValueError(f"transformer takes tokens [B, M, C]; got shape {tokens.shape}.")
     x = hk.Linear(self.width, name="embedding")(tokens)  # [B, M, D]
-    x = _encoder(
-      x,
-      self.num_layers,
-      self.num_heads,
-      self.widening_factor,
-      self.dropout_rate,
-      is_training,
-      self.remat,
-      self.attention_chunk_size,
-    )
+    x = _encoder(x, self, is_training)
     return _head(jnp.mean(x, axis=1), self.num_classes)  # [B, num_classes]

@@ -241,7 +241,10 @@ def compile_for_topology(
     temporaries, capacity = (x * per_chip_devices for x in (_oom_gb(oom) or (math.nan, math.nan)))
     arguments = per_chip_devices * _argument_bytes(state, batch, len(devices)) / GB
     result.update(
-      {k: None for k in ("outputs_gb", "aliased_gb", "code_gb")},
+      {
+        k: None
+        for k in ("outputs_gb", "aliased_gb", "code_gb", "xla_gflops", "xla_gb_accessed", "xla_optimal_s")
+      },
       arguments_gb=arguments,
       temporaries_gb=temporaries,
       total_gb=arguments + temporaries,
