@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import haiku as hk
 import jax
@@ -308,21 +309,23 @@ def _scan_run(run, latents, cross_attends, transformers, cross, transformer, sca
   for p, kind in enumerate(kinds):
     used = [ops[kind][seg[p][1]] for seg in run]
     distinct = list({id(m): m for m in used}.values())
-    index = jnp.array([[id(m) for m in distinct].index(id(m)) for m in used], jnp.int32)
-    if len(distinct) > 1 and kind == "cross":
-      stack = stacked_parameters(distinct)
-    elif len(distinct) > 1:  # A latent Transformer is a list of blocks: weights [repeats, L, ...].
-      stack = jax.tree.map(lambda *ps: jnp.stack(ps), *[stacked_parameters(blocks) for blocks in distinct])
+    stack, index = None, None
+    if len(distinct) > 1:
+      index = jnp.array([[id(m) for m in distinct].index(id(m)) for m in used], jnp.int32)
+      # A latent Transformer is a list of blocks: its weights stack to [repeats, L, ...].
+      stack = (
+        stacked_parameters(distinct)
+        if kind == "cross"
+        else _stack([stacked_parameters(blocks) for blocks in distinct])
+      )
     elif kind == "latent" and scan_blocks and len(distinct[0]) > 1:
-      stack, index = stacked_parameters(distinct[0]), None  # Stacked once, outside the scan.
-    else:
-      stack = None
+      stack = stacked_parameters(distinct[0])  # Stacked once, outside the scan.
     slots.append((kind, distinct[0], stack, index))
 
   def step(x, n):
     outs = None
     for kind, module, stack, index in slots:
-      chosen = stack if stack is None or index is None else _select(stack, index[n])
+      chosen = stack if index is None else _select(stack, index[n])
       if kind == "latent":
         x = transformer(module, x, chosen)
         continue
@@ -347,13 +350,17 @@ def _select(tree, i):
   return jax.tree.map(lambda p: p[i], tree)
 
 
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *ps: jnp.stack(ps), *trees)
+
+
 def stacked_parameters(modules: Sequence[hk.Module]) -> dict:
   """The parameters of `modules` (alike in structure) stacked on a new leading axis, keyed by their names
   relative to their module; for `parameters_from`. Apply time only: they must exist."""
   per_module = [
     {name[len(m.module_name) :]: p for name, p in hk.get_params().items() if _own(m, name)} for m in modules
   ]
-  return jax.tree.map(lambda *ps: jnp.stack(ps), *per_module)
+  return _stack(per_module)
 
 
 @contextlib.contextmanager
