@@ -52,6 +52,16 @@ def patchify(images, patch_size: int):
   return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
+def _check_encoder(width: int, num_heads: int, dropout_rate: float, attention_chunk_size: int | None) -> None:
+  """The checks ViT and Transformer share on the arguments of their `_encoder`."""
+  if width % num_heads:
+    raise ValueError(f"num_heads={num_heads} does not divide width={width}.")
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate={dropout_rate} must be in [0, 1).")
+  if attention_chunk_size is not None:
+    check_positive(attention_chunk_size=attention_chunk_size)
+
+
 def _encoder(x, model: hk.Module, is_training: bool):
   """`model.num_layers` pre-LayerNorm self-attention blocks, then a final LayerNorm: [B, T, D] -> [B, T, D].
 
@@ -202,10 +212,7 @@ class ViT(hk.Module):
     _positive_sequence(2, grid_shape=grid_shape)
     if any(n % patch_size for n in grid_shape):
       raise ValueError(f"patch_size={patch_size} does not divide grid_shape={tuple(grid_shape)}.")
-    if width % num_heads:
-      raise ValueError(f"num_heads={num_heads} does not divide width={width}.")
-    if not 0.0 <= dropout_rate < 1.0:
-      raise ValueError(f"dropout_rate={dropout_rate} must be in [0, 1).")
+    _check_encoder(width, num_heads, dropout_rate, attention_chunk_size)
     if pool not in POOLS:
       raise ValueError(f"pool={pool!r} must be one of {POOLS}.")
     self.num_classes = num_classes
@@ -217,8 +224,6 @@ class ViT(hk.Module):
     self.widening_factor = widening_factor
     self.dropout_rate = dropout_rate
     self.remat = remat
-    if attention_chunk_size is not None:
-      check_positive(attention_chunk_size=attention_chunk_size)
     self.attention_chunk_size = attention_chunk_size
     self.pool = pool
 
@@ -273,10 +278,7 @@ class Transformer(hk.Module):
       num_heads=num_heads,
       widening_factor=widening_factor,
     )
-    if width % num_heads:
-      raise ValueError(f"num_heads={num_heads} does not divide width={width}.")
-    if not 0.0 <= dropout_rate < 1.0:
-      raise ValueError(f"dropout_rate={dropout_rate} must be in [0, 1).")
+    _check_encoder(width, num_heads, dropout_rate, attention_chunk_size)
     self.num_classes = num_classes
     self.width = width
     self.num_layers = num_layers
@@ -284,8 +286,6 @@ class Transformer(hk.Module):
     self.widening_factor = widening_factor
     self.dropout_rate = dropout_rate
     self.remat = remat
-    if attention_chunk_size is not None:
-      check_positive(attention_chunk_size=attention_chunk_size)
     self.attention_chunk_size = attention_chunk_size
 
   def __call__(self, tokens, *, is_training: bool):
