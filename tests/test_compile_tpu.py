@@ -141,14 +141,14 @@ def test_a_misfit_says_what_it_needs_and_the_largest_batch_that_fits(config_load
   assert json.loads(out.strip().splitlines()[-1])["fits"] is False
   assert result["fits"] is False and result["total_gb"] > result["usable_hbm_gb"] > 0
   assert result["temporaries_gb"] > 0 and result["arguments_gb"] > 0
-  best = result["max_per_chip_batch"]
-  assert 0 < best < 2048 and result["max_batch_compiles"] >= 3
+  best, no_fit = result["max_per_chip_batch"], result["max_batch_no_fit"]
+  assert 0 < best < no_fit <= max(best + 1, math.ceil(1.05 * best)) <= 2048  # Bracketed within 5%.
+  assert 3 <= result["max_batch_compiles"] <= 8
   line = err.strip().splitlines()[-1]
   assert line == result["advice"] and "Traceback" not in err
   assert f"needs {result['total_gb']:.2f} GB" in line and f"--per_chip_batch={best}" in line
   assert "remat=True" in line and "cross_attention_chunk_size" in line
-  # The batch found fits in the chip's HBM and uses more than half of what the compiler reported as available.
-  assert result["usable_hbm_gb"] / 2 < result["max_batch_total_gb"] <= result["hbm_gb"]
+  assert result["max_batch_total_gb"] <= result["hbm_gb"]
 
 
 def test_bad_topologies_and_batches_say_what_to_give(config_loader):

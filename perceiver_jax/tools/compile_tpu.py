@@ -19,6 +19,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -293,42 +294,88 @@ def advice(result: dict[str, Any], config: ml_collections.ConfigDict) -> str:
   )
 
 
+def search_max_batch(
+  measure: Callable[[int], tuple[bool, float]],
+  known: dict[int, tuple[bool, float]],
+  hbm_gb: float,
+  step: int = 1,
+  tolerance: float = 0.05,
+  max_compiles: int = 8,
+) -> tuple[int, int | None, dict[int, tuple[bool, float]]]:
+  """The largest batch (a multiple of `step`) that fits, bracketed to within `tolerance`.
+
+  `measure(batch)` compiles and returns (fits, GB per chip); `known` holds batches already compiled.
+  Memory is close to linear in the batch, so each next batch is where a line crosses `hbm_gb`: while
+  everything fits, the line through the two largest batches (and at least `tolerance` further); then the
+  line between the largest batch that fits and the smallest that does not (regula falsi, Illinois variant:
+  an end kept twice has its distance from `hbm_gb` halved, so a cliff in memory costs a few compiles, not
+  many). The search ends when a batch at most `tolerance` (or one step) above the largest that fits has
+  been compiled and does not fit, or after `max_compiles` compiles in all. Returns (the largest batch that
+  fits or 0, the smallest that does not or None, every compile as {batch: (fits, GB)}).
+  """
+  points = dict(known)
+  weight = {True: 1.0, False: 1.0}  # Illinois weights of the fitting and the failing end.
+  last = None  # Whether the last compile inside the bracket fitted.
+
+  def up(batch: int) -> int:
+    return max(batch + step, math.ceil(batch * (1 + tolerance) / step) * step)
+
+  while True:
+    lo = max((b for b, (fits, _) in points.items() if fits), default=0)
+    hi = min((b for b, (fits, _) in points.items() if not fits), default=None)
+    if (hi is not None and hi <= up(lo)) or len(points) >= max_compiles:
+      return lo, hi, points
+    bracketed = hi is not None and lo > 0
+    if bracketed:
+      (b1, e1), (b2, e2) = ((b, (points[b][1] - hbm_gb) * weight[b == lo]) for b in (lo, hi))
+    else:  # Everything fits (or nothing does) so far: the two largest (or smallest) batches.
+      pair = sorted(points)[-2:] if hi is None else sorted(points)[:2]
+      b1, b2 = pair[0], pair[-1]
+      e1, e2 = points[b1][1] - hbm_gb, points[b2][1] - hbm_gb
+    if b2 > b1 and e2 > e1:
+      guess = int(b1 - e1 * (b2 - b1) / (e2 - e1))
+    else:  # One compile, or memory that does not grow: double, or bisect.
+      guess = 2 * lo if hi is None else (lo + hi) // 2
+    if hi is None:
+      guess = min(max(guess, up(lo)), 8 * up(lo))
+    guess = guess // step * step
+    if hi is not None:
+      guess = min(max(guess, lo + step), hi - step)
+    fits, _ = points[guess] = measure(guess)
+    if bracketed:
+      if fits == last:
+        weight[not fits] /= 2
+      weight[fits], last = 1.0, fits
+
+
 def find_max_batch(config: ml_collections.ConfigDict, topology: str, first: dict[str, Any]) -> dict[str, Any]:
   """The largest per-chip batch that fits, from `first` (a compile at some batch) and a few more.
 
-  Memory is close to linear in the batch: a second compile at twice (or half) the batch gives the line,
-  its crossing with the HBM is the guess, and compiles step down from it (by 5%) until one fits.
-  Returns {'max_per_chip_batch', 'max_batch_compiles', 'max_batch_total_gb'} (the last: its memory per chip).
+  `search_max_batch` over train-step compiles for the topology: the batch found fits, and one at most 5%
+  (or one chip's devices) larger was compiled and does not fit, unless eight compiles did not settle it.
+  Returns {'max_per_chip_batch', 'max_batch_total_gb' (its memory per chip), 'max_batch_no_fit' (the
+  smallest per-chip batch compiled that does not fit, or None), 'max_batch_compiles'}.
   """
-  step = first["devices_per_chip"]
-  hbm = first["hbm_gb"] or first["usable_hbm_gb"]
-  b1 = first["per_chip_batch"]
-  b2 = 2 * b1 if first["fits"] else max(step, (b1 // 2) // step * step)
-  if b2 == b1:
-    fits = first["fits"]
-    return {"max_per_chip_batch": b1 if fits else 0, "max_batch_compiles": 1, "max_batch_total_gb": None}
   run = functools.partial(
     compile_for_topology, config, topology, eval_step=False, count_flops=False, kernels=first["kernels"]
   )
-  second = run(b2)
-  compiles, m1, m2 = 2, first["total_gb"], second["total_gb"]
-  slope = (m2 - m1) / (b2 - b1)
-  if not slope > 0:
-    guess = max(b1, b2) if second["fits"] else min(b1, b2)
-  else:
-    guess = int((hbm - m1) / slope + b1)
-  guess = max(step, guess // step * step)
-  best, best_gb = max(
-    [(b, r["total_gb"]) for b, r in ((b1, first), (b2, second)) if r["fits"]], default=(0, None)
+
+  def measure(batch: int) -> tuple[bool, float]:
+    result = run(batch)
+    return result["fits"], result["total_gb"]
+
+  best, no_fit, points = search_max_batch(
+    measure,
+    {first["per_chip_batch"]: (first["fits"], first["total_gb"])},
+    first["hbm_gb"] or first["usable_hbm_gb"],
+    step=first["devices_per_chip"],
   )
-  while guess > best:
-    r = run(guess)
-    compiles += 1
-    if r["fits"]:
-      best, best_gb = guess, r["total_gb"]
-      break
-    guess = max(best, int(guess * 0.95) // step * step)
-  return {"max_per_chip_batch": best, "max_batch_compiles": compiles, "max_batch_total_gb": best_gb}
+  return {
+    "max_per_chip_batch": best,
+    "max_batch_total_gb": points[best][1] if best else None,
+    "max_batch_no_fit": no_fit,
+    "max_batch_compiles": len(points),
+  }
 
 
 def main(
