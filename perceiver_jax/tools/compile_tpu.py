@@ -305,13 +305,15 @@ def search_max_batch(
   """The largest batch (a multiple of `step`) that fits, bracketed to within `tolerance`.
 
   `measure(batch)` compiles and returns (fits, GB per chip); `known` holds batches already compiled.
-  Memory is close to linear in the batch, so each next batch is where a line crosses `hbm_gb`: while
-  everything fits, the line through the two largest batches (and at least `tolerance` further); then the
-  line between the largest batch that fits and the smallest that does not (regula falsi, Illinois variant:
-  an end kept twice has its distance from `hbm_gb` halved, so a cliff in memory costs a few compiles, not
-  many). The search ends when a batch at most `tolerance` (or one step) above the largest that fits has
-  been compiled and does not fit, or after `max_compiles` compiles in all. Returns (the largest batch that
-  fits or 0, the smallest that does not or None, every compile as {batch: (fits, GB)}).
+  Memory is close to linear in the batch away from the limit, so each next batch is where a line crosses
+  `hbm_gb`: while everything fits, the line through the two largest batches (and at least `tolerance`
+  further); then the line between the largest batch that fits and the smallest that does not (regula
+  falsi, Illinois variant: an end kept twice has its distance from `hbm_gb` halved, so a cliff in memory
+  does not stall it). Near the limit the TPU compiler may rematerialise to fit and memory stays flat;
+  there the lines say little and the budget may run out first. The search ends when a batch at most
+  `tolerance` (or one step) above the largest that fits has been compiled and does not fit, or after
+  `max_compiles` compiles in all. Returns (the largest batch that fits or 0, the smallest that does not or
+  None, every compile as {batch: (fits, GB)}).
   """
   points = dict(known)
   weight = {True: 1.0, False: 1.0}  # Illinois weights of the fitting and the failing end.
