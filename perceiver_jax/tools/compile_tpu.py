@@ -329,20 +329,21 @@ def search_max_batch(
       return lo, hi, points
     bracketed = hi is not None and lo > 0
     if bracketed:
-      (b1, e1), (b2, e2) = ((b, (points[b][1] - hbm_gb) * weight[b == lo]) for b in (lo, hi))
+      pair = [lo, hi]
     else:  # Everything fits (or nothing does) so far: the two largest (or smallest) batches.
       pair = sorted(points)[-2:] if hi is None else sorted(points)[:2]
-      b1, b2 = pair[0], pair[-1]
-      e1, e2 = points[b1][1] - hbm_gb, points[b2][1] - hbm_gb
+    b1, b2 = pair[0], pair[-1]
+    e1, e2 = points[b1][1] - hbm_gb, points[b2][1] - hbm_gb
+    if bracketed:
+      e1, e2 = e1 * weight[True], e2 * weight[False]
     if b2 > b1 and e2 > e1:
       guess = int(b1 - e1 * (b2 - b1) / (e2 - e1))
     else:  # One compile, or memory that does not grow: double, or bisect.
       guess = 2 * lo if hi is None else (lo + hi) // 2
-    if hi is None:
-      guess = min(max(guess, up(lo)), 8 * up(lo))
-    guess = guess // step * step
-    if hi is not None:
-      guess = min(max(guess, lo + step), hi - step)
+    if hi is None:  # up(lo) is a multiple of `step`.
+      guess = min(max(guess, up(lo)), 8 * up(lo)) // step * step
+    else:
+      guess = min(max(guess // step * step, lo + step), hi - step)
     fits, _ = points[guess] = measure(guess)
     if bracketed:
       if fits == last:
