@@ -24,7 +24,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:8x8, v4:4x4x4, v5p:4x4x4.")
 _PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 16, "Training examples per chip.")
 _FIND_MAX_BATCH = flags.DEFINE_bool(
-  "find_max_batch", False, "Also find the largest per-chip batch that fits (to within 5%; up to 8 compiles)."
+  "find_max_batch", False, "Also find the largest per-chip batch that fits (to within 5%; up to 12 compiles)."
 )
 _KERNELS = flags.DEFINE_enum(
   "kernels", "tpu", ["tpu", "cpu"], "Whose kernels to trace the model with: the TPU's (plain) or the CPU's."

@@ -54,14 +54,35 @@ def test_the_batch_found_fits_and_one_five_percent_larger_does_not(name, memory,
   assert compiles <= 8, name
 
 
-def test_a_cliff_in_memory_is_bracketed_as_far_as_eight_compiles_go():
+def test_a_cliff_in_memory_is_bracketed():
   # The line through the first two compiles says 152; past 150 the program needs 30 GB more.
   def memory(b):
     return 2.0 + 0.1 * b + (30.0 if b > 150 else 0.0)
 
   best, no_fit, compiles = _search(memory, 17.2, 16)
+  _check_bracket(memory, 17.2, best, no_fit)
+  assert compiles <= 12
+  best, no_fit, compiles = _search(memory, 17.2, 16, max_compiles=8)  # Cut short: close below the cliff.
   assert compiles == 8 and memory(best) <= 17.2 < memory(no_fit)
   assert 0.85 * 150 <= best <= 150 < no_fit < 152 * 1.05
+
+
+@pytest.mark.parametrize("plateau", [1.1, 2.0, 3.0])
+@pytest.mark.parametrize("slope, hbm", [(0.05, 34.4), (0.1, 102.0), (0.12, 102.0)])
+def test_flat_memory_near_the_limit_is_bracketed_within_twelve_compiles(plateau, slope, hbm):
+  # The TPU compiler rematerialises to fit: from the knee on, memory stays at 96-98% of HBM (wandering
+  # as it did for resnet50 and vit_b16 on v4 and v5p) until, `plateau` times the knee, nothing fits.
+  knee = (0.97 * hbm - 1.0) / slope
+  limit = int(plateau * knee)
+
+  def memory(b):
+    if b <= limit:
+      return min(1.0 + slope * b, hbm * (0.97 + 0.01 * math.sin(b)))
+    return max(1.0 + slope * b, 1.05 * hbm)
+
+  best, no_fit, compiles = _search(memory, hbm, 16)
+  _check_bracket(memory, hbm, best, no_fit)
+  assert best <= limit < no_fit and compiles <= 12
 
 
 def test_random_curves_are_bracketed_within_eight_compiles():

@@ -300,27 +300,35 @@ def search_max_batch(
   hbm_gb: float,
   step: int = 1,
   tolerance: float = 0.05,
-  max_compiles: int = 8,
+  max_compiles: int = 12,
 ) -> tuple[int, int | None, dict[int, tuple[bool, float]]]:
   """The largest batch (a multiple of `step`) that fits, bracketed to within `tolerance`.
 
   `measure(batch)` compiles and returns (fits, GB per chip); `known` holds batches already compiled.
   Memory is close to linear in the batch away from the limit, so each next batch is where a line crosses
   `hbm_gb`: while everything fits, the line through the two largest batches (and at least `tolerance`
-  further); then the line between the largest batch that fits and the smallest that does not (regula
-  falsi, Illinois variant: an end kept twice has its distance from `hbm_gb` halved, so a cliff in memory
-  does not stall it). Near the limit the TPU compiler may rematerialise to fit and memory stays flat;
-  there the lines say little and the budget may run out first. The search ends when a batch at most
-  `tolerance` (or one step) above the largest that fits has been compiled and does not fit, or after
-  `max_compiles` compiles in all. Returns (the largest batch that fits or 0, the smallest that does not or
-  None, every compile as {batch: (fits, GB)}).
+  further, at most 8 times further); then the line between the largest batch that fits and the smallest
+  that does not (regula falsi, Illinois variant: an end kept twice has its distance from `hbm_gb` halved,
+  so a cliff in memory does not stall it). Near the limit the TPU compiler may rematerialise to fit, and
+  memory goes flat: the lines then say little. The search takes memory for flat when the slope through
+  the two largest batches falls under a quarter of the slope from the smallest one (it doubles the batch
+  instead) or when a guess from the line leaves more than half of the bracket (in log batch) standing;
+  from then on it halves the bracket in log batch. It ends when a batch at most `tolerance` (or one step)
+  above the largest that fits has been compiled and does not fit, or after `max_compiles` compiles in all.
+  Returns (the largest batch that fits or 0, the smallest that does not or None, every compile as
+  {batch: (fits, GB)}).
   """
   points = dict(known)
   weight = {True: 1.0, False: 1.0}  # Illinois weights of the fitting and the failing end.
   last = None  # Whether the last compile inside the bracket fitted.
+  flat = False  # Memory seen flat near the limit: halve the bracket from now on.
+  width = math.inf  # log(hi / lo) before the last compile inside the bracket.
 
   def up(batch: int) -> int:
     return max(batch + step, math.ceil(batch * (1 + tolerance) / step) * step)
+
+  def slope(b1: int, b2: int) -> float:
+    return (points[b2][1] - points[b1][1]) / (b2 - b1)
 
   while True:
     lo = max((b for b, (fits, _) in points.items() if fits), default=0)
@@ -340,6 +348,13 @@ def search_max_batch(
       guess = int(b1 - e1 * (b2 - b1) / (e2 - e1))
     else:  # One compile, or memory that does not grow: double, or bisect.
       guess = 2 * lo if hi is None else (lo + hi) // 2
+    if hi is None and len(points) > 2 and slope(b1, b2) < slope(min(points), b2) / 4:
+      guess, flat = 2 * lo, True
+    if bracketed:
+      flat = flat or math.log(hi / lo) > width / 2
+      width = math.log(hi / lo)
+      if flat:
+        guess = math.isqrt(lo * hi)
     if hi is None:  # up(lo) is a multiple of `step`.
       guess = min(max(guess, up(lo)), 8 * up(lo)) // step * step
     else:
@@ -355,7 +370,7 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, first: dict
   """The largest per-chip batch that fits, from `first` (a compile at some batch) and a few more.
 
   `search_max_batch` over train-step compiles for the topology: the batch found fits, and one at most 5%
-  (or one chip's devices) larger was compiled and does not fit, unless eight compiles did not settle it.
+  (or one chip's devices) larger was compiled and does not fit, unless twelve compiles did not settle it.
   Returns {'max_per_chip_batch', 'max_batch_total_gb' (its memory per chip), 'max_batch_no_fit' (the
   smallest per-chip batch compiled that does not fit, or None), 'max_batch_compiles'}.
   """
