@@ -310,19 +310,16 @@ def search_max_batch(
   further, at most 8 times further); then the line between the largest batch that fits and the smallest
   that does not (regula falsi, Illinois variant: an end kept twice has its distance from `hbm_gb` halved,
   so a cliff in memory does not stall it). Near the limit the TPU compiler may rematerialise to fit, and
-  memory goes flat: the lines then say little. The search takes memory for flat when the slope through
-  the two largest batches falls under a quarter of the slope from the smallest one (it doubles the batch
-  instead) or when a guess from the line leaves more than half of the bracket (in log batch) standing;
-  from then on it halves the bracket in log batch. It ends when a batch at most `tolerance` (or one step)
-  above the largest that fits has been compiled and does not fit, or after `max_compiles` compiles in all.
-  Returns (the largest batch that fits or 0, the smallest that does not or None, every compile as
-  {batch: (fits, GB)}).
+  memory goes flat: the lines then say little. Where the slope between the two largest batches that fit
+  is under a quarter of the slope from the smallest one, the search doubles the batch instead (while
+  everything fits) or halves the bracket in log batch (sqrt(lo * hi)). It ends when a batch at most
+  `tolerance` (or one step) above the largest that fits has been compiled and does not fit, or after
+  `max_compiles` compiles in all. Returns (the largest batch that fits or 0, the smallest that does not
+  or None, every compile as {batch: (fits, GB)}).
   """
   points = dict(known)
   weight = {True: 1.0, False: 1.0}  # Illinois weights of the fitting and the failing end.
   last = None  # Whether the last compile inside the bracket fitted.
-  flat = False  # Memory seen flat near the limit: halve the bracket from now on.
-  width = math.inf  # log(hi / lo) before the last compile inside the bracket.
 
   def up(batch: int) -> int:
     return max(batch + step, math.ceil(batch * (1 + tolerance) / step) * step)
@@ -348,13 +345,9 @@ def search_max_batch(
       guess = int(b1 - e1 * (b2 - b1) / (e2 - e1))
     else:  # One compile, or memory that does not grow: double, or bisect.
       guess = 2 * lo if hi is None else (lo + hi) // 2
-    if hi is None and len(points) > 2 and slope(b1, b2) < slope(min(points), b2) / 4:
-      guess, flat = 2 * lo, True
-    if bracketed:
-      flat = flat or math.log(hi / lo) > width / 2
-      width = math.log(hi / lo)
-      if flat:
-        guess = math.isqrt(lo * hi)
+    fitting = sorted(b for b, (fits, _) in points.items() if fits)
+    if len(fitting) > 2 and slope(*fitting[-2:]) < slope(fitting[0], lo) / 4:  # Flat: double, or bisect.
+      guess = 2 * lo if hi is None else math.isqrt(lo * hi)
     if hi is None:  # up(lo) is a multiple of `step`.
       guess = min(max(guess, up(lo)), 8 * up(lo)) // step * step
     else:
