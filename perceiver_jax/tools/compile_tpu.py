@@ -328,7 +328,8 @@ def search_max_batch(
     return (points[b2][1] - points[b1][1]) / (b2 - b1)
 
   while True:
-    lo = max((b for b, (fits, _) in points.items() if fits), default=0)
+    fitting = sorted(b for b, (fits, _) in points.items() if fits)
+    lo = fitting[-1] if fitting else 0
     hi = min((b for b, (fits, _) in points.items() if not fits), default=None)
     if (hi is not None and hi <= up(lo)) or len(points) >= max_compiles:
       return lo, hi, points
@@ -341,13 +342,12 @@ def search_max_batch(
     e1, e2 = points[b1][1] - hbm_gb, points[b2][1] - hbm_gb
     if bracketed:
       e1, e2 = e1 * weight[True], e2 * weight[False]
-    if b2 > b1 and e2 > e1:
+    if len(fitting) > 2 and slope(*fitting[-2:]) < slope(fitting[0], lo) / 4:  # Flat: double, or bisect.
+      guess = 2 * lo if hi is None else math.isqrt(lo * hi)
+    elif b2 > b1 and e2 > e1:
       guess = int(b1 - e1 * (b2 - b1) / (e2 - e1))
     else:  # One compile, or memory that does not grow: double, or bisect.
       guess = 2 * lo if hi is None else (lo + hi) // 2
-    fitting = sorted(b for b, (fits, _) in points.items() if fits)
-    if len(fitting) > 2 and slope(*fitting[-2:]) < slope(fitting[0], lo) / 4:  # Flat: double, or bisect.
-      guess = 2 * lo if hi is None else math.isqrt(lo * hi)
     if hi is None:  # up(lo) is a multiple of `step`.
       guess = min(max(guess, up(lo)), 8 * up(lo)) // step * step
     else:
