@@ -5,7 +5,8 @@ The batch contract, the same for every modality (b = global batch size / process
   float32 [b, H, W, C]); `training.build.input_spec(config)` gives one example's shape and dtype.
 - `'input_mask'` (optional): bool [b, *input_shape[:-1]], one flag per input position, False for padding
   (e.g. the tail of a variable-length sequence); the front end and the model leave padding out.
-- `'label'`: int32 [b] (float32 [b, num_classes] soft labels under MixUp/CutMix).
+- `'label'`: int32 [b] (float32 [b, num_classes] soft labels under MixUp/CutMix, where each of the b
+  examples is made of two images read, `images_per_example`).
 - eval batches only, `'eval_mask'`: bool [b], False for padding *examples*, which fill the last batch; they
   are left out of every metric, so every example is counted exactly once across all processes, and every
   process yields the same number of batches.
@@ -61,6 +62,19 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Ite
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterator[Batch]:
   return source(config).eval_batches(config)
+
+
+def images_per_example(config: ml_collections.ConfigDict) -> int:
+  """Training images read per example of a train batch: 2 with MixUp or CutMix on, else 1.
+
+  With `augment.mixup_alpha` or `augment.cutmix_alpha` > 0 two images make one mixed example and each image
+  is used once, as in the official Perceiver code. An epoch (a pass over the N training images) is then
+  N / (global batch size x this) steps.
+  """
+  augment = config.get("augment")
+  if augment is None:
+    return 1
+  return 2 if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0 else 1
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:

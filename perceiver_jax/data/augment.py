@@ -401,7 +401,8 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int, magnitude: f
 
 
 # ---------------------------------------------------------------------------------------------------------
-# MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019), on a whole batch, per example.
+# MixUp (Zhang et al. 2018) and CutMix (Yun et al. 2019) as the official Perceiver code does them: 2B images
+# in, B mixed examples out, each image used once; every image draws its own ratio and box from its own seed.
 
 
 def _beta(seed: tf.Tensor, alpha: float, shape: Sequence[int]) -> tf.Tensor:
@@ -410,70 +411,104 @@ def _beta(seed: tf.Tensor, alpha: float, shape: Sequence[int]) -> tf.Tensor:
   return gammas[0] / tf.maximum(gammas[0] + gammas[1], 1e-12)
 
 
+def mix_draws(
+  seed: tf.Tensor, height: int, width: int, mixup_alpha: float, cutmix_alpha: float
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """One image's MixUp ratio and CutMix box, a pure function of its stateless `seed` [2].
+
+  As in the official code every image draws both, and a mixed example uses the draws of its first image.
+  MixUp: r ~ Beta(mixup_alpha), the first image's weight. CutMix: a box of about 1 - r of the area,
+  r ~ Beta(cutmix_alpha) (1: uniform, the official code's), centred on a uniform pixel and clipped at the
+  border, to be pasted from the partner.
+
+  Returns:
+    (ratio float32 [] (1 with MixUp off), box int32 [4] = (y0, y1, x0, x1), rows y0 <= y < y1 and columns
+    x0 <= x < x1 (empty with CutMix off)).
+  """
+  mixup_seed, cutmix_seed, box_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  ratio = _beta(mixup_seed, mixup_alpha, []) if mixup_alpha > 0 else tf.constant(1.0)
+  if cutmix_alpha <= 0:
+    return ratio, tf.zeros([4], tf.int32)
+  side = tf.sqrt(1.0 - _beta(cutmix_seed, cutmix_alpha, []))
+  box_h = tf.cast(tf.round(side * height), tf.int32)
+  box_w = tf.cast(tf.round(side * width), tf.int32)
+  center = tf.random.stateless_uniform([2], box_seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
+  center_y, center_x = center[0] % height, center[1] % width
+  y0, y1 = tf.maximum(center_y - box_h // 2, 0), tf.minimum(center_y + (box_h + 1) // 2, height)
+  x0, x1 = tf.maximum(center_x - box_w // 2, 0), tf.minimum(center_x + (box_w + 1) // 2, width)
+  return ratio, tf.stack([y0, y1, x0, x1])
+
+
+def mix_counts(num_examples, mixup_alpha: float, cutmix_alpha: float) -> tuple:
+  """(MixUp examples, CutMix examples) among `num_examples` mixed ones (an int or a scalar tensor).
+
+  Halves with both on (MixUp takes the smaller half of an odd count), else all of the one that is on.
+  """
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    mixup = num_examples // 2
+  else:
+    mixup = num_examples if mixup_alpha > 0 else 0
+  return mixup, num_examples - mixup
+
+
 def mix_batch(
   images: tf.Tensor,
   labels: tf.Tensor,
-  seed: tf.Tensor,
+  ratios: tf.Tensor,
+  boxes: tf.Tensor,
   num_classes: int,
   mixup_alpha: float,
   cutmix_alpha: float,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-  """Mixes example i with example B-1-i, each with its own ratio; labels mixed by the pixel share.
+  """2B images -> B mixed examples, paired as the official Perceiver code pairs them; each image used once.
 
-  With both alphas positive, the first B // 2 examples get MixUp and the rest CutMix, as the official
-  Perceiver code splits each batch; with one, every example gets that one. MixUp: x = r x_i + (1 - r) x_j,
-  r ~ Beta(mixup_alpha). CutMix: a box of about 1 - r of the area, r ~ Beta(cutmix_alpha) (1: uniform, the
-  official code's), centred on a uniform pixel and clipped at the border, is pasted from x_j; the label
-  weight is the share of pixels actually kept. Label smoothing belongs after this (the trainer's loss).
+  With m MixUp and c CutMix examples (`mix_counts`; m = c = B/2 with both on), example k < m is MixUp of
+  image k with image m + k, and example m + j is CutMix of image 2m + j with image 2m + c + j: the first
+  half of the 2B images MixUp with the next quarter, the second half CutMix with the last quarter. Each
+  example takes the ratio or box its first image drew (`mix_draws`); its label weights are the pixel
+  shares actually mixed (for CutMix, the share of pixels kept outside the clipped box). Label smoothing
+  belongs after this (the trainer's loss).
 
   Args:
-    images: float32 [B, H, W, C].
-    labels: int [B], or float [B, K] one-hot.
-    seed: [2] stateless seed of the batch; the draws are a pure function of it and B.
+    images: float32 [2B, H, W, C].
+    labels: int [2B], or float [2B, K] one-hot.
+    ratios: float32 [2B], each image's MixUp ratio.
+    boxes: int32 [2B, 4], each image's CutMix box (y0, y1, x0, x1).
     num_classes: K.
-    mixup_alpha: Beta parameter of MixUp's ratio; 0 disables MixUp.
-    cutmix_alpha: the same for CutMix's kept area; 0 disables CutMix.
+    mixup_alpha: 0 turns MixUp off.
+    cutmix_alpha: 0 turns CutMix off.
 
   Returns:
     (images float32 [B, H, W, C], soft labels float32 [B, K] whose rows sum to 1).
   """
   images, labels = tf.convert_to_tensor(images), tf.convert_to_tensor(labels)
   if labels.dtype.is_floating:  # Already one-hot (or soft).
-    one_hot = tf.cast(labels, tf.float32)  # [B, K]
+    one_hot = tf.cast(labels, tf.float32)  # [2B, K]
   else:
-    one_hot = tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)  # [B, K]
+    one_hot = tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)  # [2B, K]
   if mixup_alpha <= 0 and cutmix_alpha <= 0:
-    return images, one_hot
-  partner_images, partner_labels = tf.reverse(images, [0]), tf.reverse(one_hot, [0])
+    raise ValueError("mix_batch needs mixup_alpha > 0 or cutmix_alpha > 0.")
   shape = tf.shape(images)
-  batch, height, width = shape[0], shape[1], shape[2]
-  mixup_seed, cutmix_seed, box_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  batch, height, width = shape[0] // 2, shape[1], shape[2]
+  num_mixup, _ = mix_counts(batch, mixup_alpha, cutmix_alpha)
+  k = tf.range(batch)
+  use_cutmix = k >= num_mixup  # [B]
+  first = tf.where(use_cutmix, k + num_mixup, k)  # [B]
+  partner = first + tf.where(use_cutmix, batch - num_mixup, num_mixup)  # [B]
+  x, y = tf.gather(images, first), tf.gather(images, partner)  # [B, H, W, C]
+  ratio, box = tf.gather(ratios, first), tf.gather(boxes, first)  # [B], [B, 4]
 
-  # MixUp for every example, then CutMix where it applies: [B] ratios, the kept share of x_i.
-  mixup_ratio = _beta(mixup_seed, mixup_alpha, [batch]) if mixup_alpha > 0 else tf.ones([batch])
-  mixed = mixup_ratio[:, None, None, None] * images + (1 - mixup_ratio[:, None, None, None]) * partner_images
-
+  r = ratio[:, None, None, None]
+  mixed = r * x + (1 - r) * y
   if cutmix_alpha > 0:
-    side = tf.sqrt(1.0 - _beta(cutmix_seed, cutmix_alpha, [batch]))  # [B]
-    box_h = tf.cast(tf.round(side * tf.cast(height, tf.float32)), tf.int32)
-    box_w = tf.cast(tf.round(side * tf.cast(width, tf.float32)), tf.int32)
-    center = tf.random.stateless_uniform([2, batch], box_seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
-    center_y, center_x = center[0] % height, center[1] % width
-    y0, y1 = tf.maximum(center_y - box_h // 2, 0), tf.minimum(center_y + (box_h + 1) // 2, height)
-    x0, x1 = tf.maximum(center_x - box_w // 2, 0), tf.minimum(center_x + (box_w + 1) // 2, width)
     rows, cols = tf.range(height)[None], tf.range(width)[None]
-    inside_y = (rows >= y0[:, None]) & (rows < y1[:, None])  # [B, H]
-    inside_x = (cols >= x0[:, None]) & (cols < x1[:, None])  # [B, W]
+    inside_y = (rows >= box[:, 0:1]) & (rows < box[:, 1:2])  # [B, H]
+    inside_x = (cols >= box[:, 2:3]) & (cols < box[:, 3:4])  # [B, W]
     inside = inside_y[:, :, None, None] & inside_x[:, None, :, None]  # [B, H, W, 1]
-    cut = tf.where(inside, partner_images, images)
-    area = tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(height * width, tf.float32)
-    cutmix_ratio = 1.0 - area
-    # Which examples get CutMix: all, or (with MixUp on too) the second half.
-    use_cutmix = tf.range(batch) >= (batch // 2 if mixup_alpha > 0 else 0)  # [B]
-    mixed = tf.where(use_cutmix[:, None, None, None], cut, mixed)
-    ratio = tf.where(use_cutmix, cutmix_ratio, mixup_ratio)
-  else:
-    ratio = mixup_ratio
-  soft = ratio[:, None] * one_hot + (1 - ratio[:, None]) * partner_labels
-  mixed.set_shape(images.shape)
+    area = tf.cast((box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2]), tf.float32)
+    kept = 1.0 - area / tf.cast(height * width, tf.float32)  # [B]
+    mixed = tf.where(use_cutmix[:, None, None, None], tf.where(inside, y, x), mixed)
+    ratio = tf.where(use_cutmix, kept, ratio)
+  soft = ratio[:, None] * tf.gather(one_hot, first) + (1 - ratio[:, None]) * tf.gather(one_hot, partner)
+  mixed.set_shape([None, *images.shape[1:]])
   return mixed, soft

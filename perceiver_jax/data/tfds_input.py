@@ -9,11 +9,19 @@ n / process_count is left out), in endless epochs. Epoch e of a process is its s
 and examples shuffled through a buffer, both seeded by (config.seed, process, e). The example at position i
 of that endless stream is augmented with stateless ops seeded by (config.seed, process, i): Inception crop
 fused with JPEG decoding, flip and RandAugment at the crop's own size, bicubic resize, ImageNet
-normalisation; then MixUp/CutMix per example of each batch, seeded by (config.seed, process, step). With
-MixUp or CutMix on, 'label' is a float32 soft label [b, num_classes] (rows sum to 1); otherwise int32 [b].
+normalisation. Without MixUp/CutMix, step s takes stream positions [s b, (s + 1) b) and 'label' is int32 [b].
+
+MixUp/CutMix (as the official Perceiver code, two images in, one example out): step s reads the 2b positions
+[2 s b, 2 (s + 1) b) and `augment.mix_batch` pairs them, each image used once: the first half MixUp with the
+next quarter, the second half CutMix with the last quarter. Each image draws its MixUp ratio and CutMix box
+from its own stateless seed (config.seed, process, i), and an example uses its first image's draws. 'label'
+is then a float32 soft label [b, num_classes] (rows sum to 1). The pairing is within the process's own 2b
+images (the official code pairs within each device's), so a process's batches do not depend on how many
+devices it feeds; with one process it is the official pairing of the whole global batch.
 
 Exact resume: for a fixed process count and the same TF/TFDS versions and data files, the batch at step s is
-a pure function of (config.seed, s): `train_batches(config, start_step=s)` starts epoch s*b // n and skips
+a pure function of (config.seed, s): `train_batches(config, start_step=s)` starts epoch s*r // n (r = b, or
+2b with mixing) and skips
 into it, and yields the very batches an iterator started at 0 yields from step s on. The skip reads (but does
 not decode) the skipped records, at most one epoch of them. Not reproducible: a different process count (the
 slices change), a rebuilt dataset with different shard files, or a different `dataset.shuffle_buffer`.
@@ -43,7 +51,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from perceiver_jax.data import augment
+from perceiver_jax.data import augment, images_per_example
 
 Batch = dict[str, np.ndarray]
 
@@ -253,25 +261,37 @@ def _eval_fn(channels: int, size: int, crop_fraction: float):
 
 
 def _mixing(config: ml_collections.ConfigDict) -> bool:
-  return config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
+  return images_per_example(config) == 2
 
 
 @functools.lru_cache(maxsize=16)
-def _mix_fn(num_classes: int, mixup_alpha: float, cutmix_alpha: float, key: int):
-  """(images, one-hot labels [b, K], step) -> MixUp/CutMix of the batch, seeded by (`key`, step).
+def _draws_fn(size: int, mixup_alpha: float, cutmix_alpha: float, key: int):
+  """Stream position i -> (MixUp ratio [], CutMix box int32 [4]) of the image there, seeded by (`key`, i)."""
 
-  The same traced function serves tf.data and the eager calls on batches stitched across epochs, so a
-  batch is mixed identically whichever way it was assembled.
+  def draws(index):
+    return augment.mix_draws(
+      tf.stack([tf.constant(key, tf.int64), index]), size, size, mixup_alpha, cutmix_alpha
+    )
+
+  return tf.function(draws, input_signature=[tf.TensorSpec([], tf.int64)], autograph=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _mix_fn(num_classes: int, mixup_alpha: float, cutmix_alpha: float):
+  """(images [2b], one-hot labels [2b, K], ratios [2b], boxes [2b, 4]) -> b examples (augment.mix_batch).
+
+  The same traced function serves tf.data and the eager calls on groups stitched across epochs, so a
+  group is mixed identically whichever way it was assembled.
   """
 
-  def mix(images, labels, step):
-    seed = tf.stack([tf.constant(key, tf.int64), step])
-    return augment.mix_batch(images, labels, seed, num_classes, mixup_alpha, cutmix_alpha)
+  def mix(images, labels, ratios, boxes):
+    return augment.mix_batch(images, labels, ratios, boxes, num_classes, mixup_alpha, cutmix_alpha)
 
   signature = [
     tf.TensorSpec([None, None, None, None], tf.float32),
     tf.TensorSpec([None, num_classes], tf.float32),
-    tf.TensorSpec([], tf.int64),
+    tf.TensorSpec([None], tf.float32),
+    tf.TensorSpec([None, 4], tf.int32),
   ]
   return tf.function(mix, input_signature=signature, autograph=False)
 
@@ -288,14 +308,16 @@ def _train_epoch(
   n: int,
   epoch: int,
   skip: int,
-  batch: int,
+  read: int,
   process_index: int,
 ) -> tf.data.Dataset:
-  """tf.data (images, labels, real) batches of one epoch of this process's slice, on the step grid.
+  """tf.data groups of the `read` stream positions of each step, for one epoch of this process's slice.
 
-  The epoch's first example has stream position epoch * n; when that is not a multiple of `batch`, the first
-  batch starts with `real=False` filler slots (for the previous epoch's last, short batch to fill), so that
-  every batch holds exactly the slots of one step.
+  Without mixing a group is (images, labels, real); with it, (images, one-hot labels, ratios, boxes, real),
+  and each whole group is already mixed into read / 2 examples (images and labels; the rest as read).
+  The epoch's first example has stream position epoch * n; when that is not a multiple of `read`, the first
+  group starts with `real=False` filler slots (for the previous epoch's last, short group to fill), so that
+  every group holds exactly the slots of one step.
   """
   seed = config.seed
   file_seed = _seed(seed, process_index, _FILE_ORDER, epoch)
@@ -306,34 +328,41 @@ def _train_epoch(
   # Skipped records are read but never decoded: the skip comes before the map.
   records = records.skip(skip).enumerate(start=first)
   preprocess = _train_fn(_train_params(config), _seed(seed, process_index, _AUGMENT))
-  examples = records.map(
-    lambda i, ex: (*preprocess(ex[0], ex[1], i), True), num_parallel_calls=tf.data.AUTOTUNE
-  )
   num_classes, size = config.dataset.num_classes, config.dataset.image_size
+  mixup_alpha, cutmix_alpha = float(config.augment.mixup_alpha), float(config.augment.cutmix_alpha)
   mixing = _mixing(config)
   if mixing:
-    examples = examples.map(lambda x, y, real: (x, tf.one_hot(y, num_classes, dtype=tf.float32), real))
-  lead = first % batch  # Slots of the current step filled by the previous epoch.
+    draws = _draws_fn(size, mixup_alpha, cutmix_alpha, _seed(seed, process_index, _MIX))
+
+    def example(i, ex):
+      image, label = preprocess(ex[0], ex[1], i)
+      return (image, tf.one_hot(label, num_classes, dtype=tf.float32), *draws(i), True)
+
+  else:
+
+    def example(i, ex):
+      return (*preprocess(ex[0], ex[1], i), True)
+
+  examples = records.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+  lead = first % read  # Slots of the current step filled by the previous epoch.
   if lead:
-    label = tf.zeros([num_classes], tf.float32) if mixing else tf.constant(0, tf.int32)
-    filler = (tf.zeros([size, size, config.dataset.num_channels], tf.float32), label, False)
+    # Zeros of every part; `real` (a bool) is then False.
+    filler = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), examples.element_spec)
     examples = tf.data.Dataset.from_tensors(filler).repeat(lead).concatenate(examples)
-  batches = examples.batch(batch, num_parallel_calls=tf.data.AUTOTUNE)
+  groups = examples.batch(read, num_parallel_calls=tf.data.AUTOTUNE)
   if mixing:
-    mix = _mix_fn(
-      num_classes, config.augment.mixup_alpha, config.augment.cutmix_alpha, _seed(seed, process_index, _MIX)
-    )
+    mix = _mix_fn(num_classes, mixup_alpha, cutmix_alpha)
 
-    def mix_if_whole(step, images, labels, real):
-      # Batches that straddle epochs are mixed by the caller once stitched together.
-      whole = tf.logical_and(tf.size(real) == batch, tf.reduce_all(real))
-      images, labels = tf.cond(whole, lambda: mix(images, labels, step), lambda: (images, labels))
-      return images, labels, real
+    def mix_if_whole(images, labels, ratios, boxes, real):
+      # Groups that straddle epochs are mixed by the caller once stitched together.
+      whole = tf.logical_and(tf.size(real) == read, tf.reduce_all(real))
+      images, labels = tf.cond(whole, lambda: mix(images, labels, ratios, boxes), lambda: (images, labels))
+      return images, labels, ratios, boxes, real
 
-    batches = batches.enumerate(start=(first - lead) // batch).map(lambda i, b: mix_if_whole(i, *b))
+    groups = groups.map(mix_if_whole, num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
-  return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+  return groups.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def train_batches(
@@ -345,27 +374,28 @@ def train_batches(
 ) -> Iterator[Batch]:
   """This process's share of every global train batch from step `start_step` on, forever.
 
+  Each step reads the next b x `images_per_example(config)` positions of this process's stream: with
+  MixUp/CutMix on, 2b images make the b mixed examples (`augment.mix_batch`).
+
   Yields:
     {'inputs': float32 [b, S, S, C], 'label': int32 [b] or, with MixUp/CutMix, float32 [b, K]},
     b = train.global_batch_size / process_count.
   """
   process_index, process_count = _processes(process_index, process_count)
   batch = _local_batch_size(config.train.global_batch_size, process_count)
+  read = batch * images_per_example(config)  # Stream positions read per step.
   source = _Source(config)
   split = config.dataset.train_split
   n = source.split_size(split) // process_count
   if n == 0:
     raise ValueError(f"split {split!r} has fewer examples than the {process_count} processes.")
-  if _mixing(config):
+  mixing = _mixing(config)
+  if mixing:
     mix = _mix_fn(
-      config.dataset.num_classes,
-      config.augment.mixup_alpha,
-      config.augment.cutmix_alpha,
-      _seed(config.seed, process_index, _MIX),
+      config.dataset.num_classes, float(config.augment.mixup_alpha), float(config.augment.cutmix_alpha)
     )
-  step = start_step
-  epoch, skip = divmod(start_step * batch, n)
-  pending: tuple[np.ndarray, np.ndarray] | None = None  # Images, labels of a step begun by an earlier epoch.
+  epoch, skip = divmod(start_step * read, n)
+  pending: tuple[np.ndarray, ...] | None = None  # The parts of a step's group begun by an earlier epoch.
   while True:
     ds = _train_epoch(
       source,
@@ -374,25 +404,21 @@ def train_batches(
       n=n,
       epoch=epoch,
       skip=skip,
-      batch=batch,
+      read=read,
       process_index=process_index,
     )
-    for images, labels, real in ds.as_numpy_iterator():
+    for *parts, real in ds.as_numpy_iterator():
       lead = int(np.sum(~real))
-      if lead:  # The epoch's first batch: its leading slots belong to the previous epoch.
-        images, labels = (
-          np.concatenate([pending[0], images[lead:]]),
-          np.concatenate([pending[1], labels[lead:]]),
-        )
-        real = np.ones(len(labels), bool)
-      if len(real) < batch:  # The epoch's last examples: the step goes on in the next epoch.
-        pending = (images, labels)
+      if lead:  # The epoch's first group: its leading slots belong to the previous epoch.
+        parts = [np.concatenate([p, q[lead:]]) for p, q in zip(pending, parts, strict=True)]
+        real = np.ones(len(parts[-1]), bool)
+      if len(real) < read:  # The epoch's last examples: the step goes on in the next epoch.
+        pending = tuple(parts)
         continue
       pending = None
-      if lead and _mixing(config):  # tf.data could not mix a batch it did not see whole.
-        images, labels = (t.numpy() for t in mix(images, labels, np.int64(step)))
-      yield {"inputs": images, "label": labels}
-      step += 1
+      if lead and mixing:  # tf.data could not mix a group it did not see whole.
+        parts[:2] = (t.numpy() for t in mix(*parts))
+      yield {"inputs": parts[0], "label": parts[1]}
     epoch, skip = epoch + 1, 0
 
 
