@@ -5,8 +5,9 @@ r"""Draws one photograph's training augmentations at the configured strength, as
 Each panel is the photograph through the train path of `configs/...`'s `augment` section (Inception crop,
 flip, RandAugment on the crop, bicubic resize), with its own stream position as seed, exactly as
 `data.train_batches` would augment it; the first panel is the eval centre crop. With MixUp or CutMix on,
-two more rows show a batch of these augmentations mixed with a second photograph's (`--other`), MixUp on
-the first half and CutMix on the second, titled with the weight of the first photograph's label.
+two more rows show a batch of these augmentations mixed with a second photograph's (`--other`), paired as
+the training batches pair their images (MixUp on the first half of the examples, CutMix on the second),
+titled with the weight of the first photograph's label.
 `--image` and `--other` default to scikit-learn's two sample photographs (china.jpg, flower.jpg).
 """
 
@@ -71,21 +72,25 @@ def draw(config, photo: bytes, other: bytes, rows: int, cols: int, path: str) ->
   panels += [(image, f"train {i}") for i, image in enumerate(augmented(photo, 0, rows * cols - 1))]
   mixing = tfds_input._mixing(config)
   if mixing:
-    # A batch of `cols` augmentations of each photograph: example i is mixed with example 2 cols - 1 - i.
-    batch = np.concatenate([augmented(photo, 1000, cols), augmented(other, 2000, cols)[::-1]])
-    labels = np.array([0] * cols + [1] * cols, np.int32)
-    mixed, soft = augment.mix_batch(
-      batch,
-      labels,
-      tf.constant([config.seed, 0], tf.int64),
-      2,
-      config.augment.mixup_alpha,
-      config.augment.cutmix_alpha,
-    )
+    # 2 cols mixed examples from 4 cols images, paired as `data.train_batches` pairs them: every example's
+    # first image an augmentation of the photograph, its partner one of `other`.
+    aug = config.augment
+    num_mixup, num_cutmix = augment.mix_counts(2 * cols, aug.mixup_alpha, aug.cutmix_alpha)
+    photos, others = augmented(photo, 1000, 2 * cols), augmented(other, 2000, 2 * cols)
+    order = [photos[:num_mixup], others[:num_mixup], photos[num_mixup:], others[num_mixup:]]
+    images = np.concatenate(order)
+    labels = np.array([0] * num_mixup + [1] * num_mixup + [0] * num_cutmix + [1] * num_cutmix, np.int32)
+    draws = [
+      augment.mix_draws(
+        tf.constant([config.seed, i], tf.int64), size, size, aug.mixup_alpha, aug.cutmix_alpha
+      )
+      for i in range(len(images))
+    ]
+    ratios, boxes = (np.stack([d[part].numpy() for d in draws]) for part in (0, 1))
+    mixed, soft = augment.mix_batch(images, labels, ratios, boxes, 2, aug.mixup_alpha, aug.cutmix_alpha)
     mixed, soft = mixed.numpy(), soft.numpy()
-    kinds = ["MixUp" if config.augment.mixup_alpha > 0 else "CutMix"] * cols
-    kinds += ["CutMix" if config.augment.cutmix_alpha > 0 else "MixUp"] * cols
-    panels += [(mixed[i], f"{kinds[i]} {soft[i, labels[i]]:.2f}") for i in range(2 * cols)]
+    kinds = ["MixUp"] * num_mixup + ["CutMix"] * num_cutmix
+    panels += [(mixed[i], f"{kinds[i]} {soft[i, 0]:.2f}") for i in range(2 * cols)]
   total_rows = rows + (2 if mixing else 0)
   fig = Figure(figsize=(cols * 1.25, total_rows * 1.35 + 0.3), dpi=DPI, layout="constrained")
   FigureCanvasAgg(fig)

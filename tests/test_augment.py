@@ -239,29 +239,70 @@ def test_no_augmented_photograph_is_flat_at_4_by_5():
 # MixUp and CutMix.
 
 
-def test_mixup_and_cutmix_labels_equal_the_pixels_mixed():
+def released_pairs(num_examples, mixup_alpha, cutmix_alpha):
+  """(first, partner, is_cutmix) of each example, written out from the official code's slicing of 2B images.
+
+  my_mixup / my_cutmix: images[:B] with images[B:]; my_mixup_cutmix: with q = B/2, images[:q] MixUp with
+  images[q:2q], images[2q:3q] CutMix with images[3q:].
+  """
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    q, rest = num_examples // 2, num_examples - num_examples // 2
+    pairs = [(k, q + k, False) for k in range(q)]
+    return pairs + [(2 * q + j, 2 * q + rest + j, True) for j in range(rest)]
+  return [(k, num_examples + k, cutmix_alpha > 0) for k in range(num_examples)]
+
+
+@pytest.mark.parametrize("num_examples", [6, 5])
+def test_mixing_uses_every_image_once_with_labels_equal_to_the_pixel_shares(num_examples):
+  # Each of the 2B source images is its own class, so a soft label names the images an example came from.
   rng = np.random.default_rng(5)
-  images = rng.uniform(-2, 2, size=(6, 8, 10, 3)).astype(np.float32)
-  labels = np.arange(6, dtype=np.int32)
-  partner = images[::-1]
-  own, theirs = labels, labels[::-1]
-  for i in range(4):
-    seed = tf.constant([1, i], tf.int64)
-    for mixup_alpha, cutmix_alpha in ((0.2, 0.0), (0.0, 1.0), (0.2, 1.0)):
-      mixed, soft = (
-        t.numpy() for t in augment.mix_batch(images, labels, seed, 10, mixup_alpha, cutmix_alpha)
-      )
-      np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
-      ratio = soft[own, own]  # Weight of each example's own label.
-      np.testing.assert_allclose(soft[own, theirs], 1 - ratio, atol=1e-6)
-      # MixUp rows: x = r x_i + (1 - r) x_j with the label's r. CutMix rows: the share of x_j pixels.
-      cut = np.arange(6) >= (3 if mixup_alpha > 0 else 0) if cutmix_alpha > 0 else np.zeros(6, bool)
-      r = ratio[~cut, None, None, None]
-      np.testing.assert_allclose(mixed[~cut], r * images[~cut] + (1 - r) * partner[~cut], atol=1e-5)
-      from_partner = np.all(mixed[cut] == partner[cut], axis=-1) & ~np.all(mixed[cut] == images[cut], axis=-1)
-      np.testing.assert_allclose(from_partner.mean(axis=(1, 2)), 1 - ratio[cut], atol=1e-6)
-      # Per example: the ratios differ within a batch.
-      assert len(set(np.round(ratio, 6))) > 2
+  sources = 2 * num_examples
+  images = rng.uniform(-2, 2, size=(sources, 8, 10, 3)).astype(np.float32)
+  labels = np.arange(sources, dtype=np.int32)
+  assert len({image.tobytes() for image in images}) == sources  # Distinct source images.
+  for mixup_alpha, cutmix_alpha in ((0.2, 0.0), (0.0, 1.0), (0.2, 1.0)):
+    draws = [
+      augment.mix_draws(tf.constant([9, i], tf.int64), 8, 10, mixup_alpha, cutmix_alpha)
+      for i in range(sources)
+    ]
+    ratios, boxes = (np.stack([d[part].numpy() for d in draws]) for part in (0, 1))
+    mixed, soft = (
+      t.numpy() for t in augment.mix_batch(images, labels, ratios, boxes, sources, mixup_alpha, cutmix_alpha)
+    )
+    assert mixed.shape == (num_examples, 8, 10, 3) and soft.shape == (num_examples, sources)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+    pairs = released_pairs(num_examples, mixup_alpha, cutmix_alpha)
+    used = [i for first, partner, _ in pairs for i in (first, partner)]
+    assert sorted(used) == list(range(sources))  # Every source image exactly once.
+    for k, (first, partner, cut) in enumerate(pairs):
+      weight = soft[k, first]  # The label's weight of the first image; the rest is the partner's.
+      others = np.delete(soft[k], [first, partner])
+      assert np.all(others == 0) and np.isclose(soft[k, partner], 1 - weight, atol=1e-6)
+      x, y = images[first], images[partner]
+      if cut:  # Pixels from the partner fill one box; their share is the partner's label weight.
+        from_partner = np.all(mixed[k] == y, axis=-1) & ~np.all(mixed[k] == x, axis=-1)
+        assert np.all(from_partner | np.all(mixed[k] == x, axis=-1))
+        np.testing.assert_allclose(from_partner.mean(), 1 - weight, atol=1e-6)
+        rows, cols = np.nonzero(from_partner)
+        if len(rows):
+          assert from_partner.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
+      else:  # x = w x_first + (1 - w) x_partner with the label's w.
+        np.testing.assert_allclose(mixed[k], weight * x + (1 - weight) * y, atol=1e-5)
+    # Each example its own draw: the weights differ within a batch.
+    assert len(set(np.round(soft.max(axis=1), 6))) > 2
+
+
+def test_mix_draws_are_a_pure_function_of_the_seed():
+  seed = tf.constant([2, 7], tf.int64)
+  first, again = (augment.mix_draws(seed, 32, 32, 0.2, 1.0) for _ in range(2))
+  for a, b in zip(first, again, strict=True):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  boxes = np.stack(
+    [augment.mix_draws(tf.constant([2, i], tf.int64), 32, 32, 0.2, 1.0)[1].numpy() for i in range(60)]
+  )
+  y0, y1, x0, x1 = boxes.T
+  assert np.all((0 <= y0) & (y0 <= y1) & (y1 <= 32) & (0 <= x0) & (x0 <= x1) & (x1 <= 32))
+  assert len({tuple(b) for b in boxes}) > 50  # Genuinely per seed.
 
 
 def test_visualize_augment_draws_the_grid(tmp_path):

@@ -197,6 +197,38 @@ def test_mixup_cutmix_soft_labels_and_resume(fake_imagenet):
       np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_mixed_batches_use_each_image_read_once_as_the_released_code(fake_imagenet):
+  # A step of b = 4 mixed examples reads 8 stream positions; the unmixed stream (the same positions, each
+  # augmented by its own seed) has them as its steps 2s and 2s + 1. Step 0 is mixed inside tf.data; step 1
+  # (positions 8-15 straddle the 12-image epoch) after stitching, checked with both kinds on.
+  config = no_mixing(imagenet_config(fake_imagenet))
+  config.train.global_batch_size = 4
+  plain = take(tfds_input.train_batches(config), 4)
+  images = np.concatenate([b["inputs"] for b in plain])  # [16, 32, 32, 3], positions 0-15
+  one_hot = np.eye(1000, dtype=np.float32)[np.concatenate([b["label"] for b in plain])]
+  assert len({image.tobytes() for image in images}) == 16  # Distinct source images.
+  for mixup_alpha, cutmix_alpha, kinds in ((0.2, 0.0, "MMMM"), (0.0, 1.0, "CCCC"), (0.2, 1.0, "MMCC")):
+    config.augment.update(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+    assert data.images_per_example(config) == 2
+    for step, batch in enumerate(take(tfds_input.train_batches(config), 2 if kinds == "MMCC" else 1)):
+      read = images[8 * step : 8 * step + 8]
+      m = kinds.count("M")
+      # The released slicing: images [:m] MixUp with [m:2m], then [2m:2m+c] CutMix with [2m+c:].
+      pairs = [(k, m + k) for k in range(m)] + [(2 * m + j, 2 * m + 4 - m + j) for j in range(4 - m)]
+      assert sorted(i for pair in pairs for i in pair) == list(range(8))  # Each image read used once.
+      for k, (first, partner) in enumerate(pairs):
+        x, y, mixed = read[first], read[partner], batch["inputs"][k]
+        if kinds[k] == "C":  # Every pixel from x or from y; y's share is its label weight.
+          from_partner = np.all(mixed == y, axis=-1) & ~np.all(mixed == x, axis=-1)
+          assert np.all(from_partner | np.all(mixed == x, axis=-1))
+          weight = 1 - from_partner.mean()
+        else:  # mixed = w x + (1 - w) y: w by least squares, then the residual.
+          weight = np.sum((mixed - y) * (x - y)) / np.sum((x - y) ** 2)
+          np.testing.assert_allclose(mixed, weight * x + (1 - weight) * y, atol=1e-4)
+        label = weight * one_hot[8 * step + first] + (1 - weight) * one_hot[8 * step + partner]
+        np.testing.assert_allclose(batch["label"][k], label, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Generic TFDS datasets, mocked.
 
