@@ -56,3 +56,13 @@ def test_default_recipe_keeps_the_papers_schedule_and_the_official_augmentation(
   aug = config.augment
   assert (aug.randaugment_layers, aug.randaugment_magnitude) == (4, 5)
   assert (aug.mixup_alpha, aug.cutmix_alpha, aug.crop_min_object_covered) == (0.2, 1.0, 0.1)
+
+
+def test_an_epoch_is_a_pass_over_the_images_read():
+  from perceiver_jax.training import train
+
+  # With MixUp/CutMix a step of 1024 examples reads 2048 images: 1,281,167 / 2048 -> 626 steps per epoch.
+  assert train.schedule_length(imagenet_config()) == (626, 120 * 626)
+  assert train.schedule_length(imagenet_config("official_recipe")) == (626, 110 * 626)
+  unmixed = imagenet_config("mixup_alpha=0.0,cutmix_alpha=0.0")
+  assert train.schedule_length(unmixed) == (1252, 120 * 1252)  # One image per example.

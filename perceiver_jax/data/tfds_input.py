@@ -51,7 +51,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from perceiver_jax.data import augment, images_per_example
+from perceiver_jax.data import augment
 
 Batch = dict[str, np.ndarray]
 
@@ -261,7 +261,8 @@ def _eval_fn(channels: int, size: int, crop_fraction: float):
 
 
 def _mixing(config: ml_collections.ConfigDict) -> bool:
-  return images_per_example(config) == 2
+  """MixUp or CutMix on: a step then reads two images per example (`data.images_per_example`)."""
+  return config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
 
 
 @functools.lru_cache(maxsize=16)
@@ -374,8 +375,8 @@ def train_batches(
 ) -> Iterator[Batch]:
   """This process's share of every global train batch from step `start_step` on, forever.
 
-  Each step reads the next b x `images_per_example(config)` positions of this process's stream: with
-  MixUp/CutMix on, 2b images make the b mixed examples (`augment.mix_batch`).
+  Each step reads the next b positions of this process's stream, or with MixUp/CutMix on the next 2b, which
+  make the b mixed examples (`augment.mix_batch`).
 
   Yields:
     {'inputs': float32 [b, S, S, C], 'label': int32 [b] or, with MixUp/CutMix, float32 [b, K]},
@@ -383,13 +384,13 @@ def train_batches(
   """
   process_index, process_count = _processes(process_index, process_count)
   batch = _local_batch_size(config.train.global_batch_size, process_count)
-  read = batch * images_per_example(config)  # Stream positions read per step.
+  mixing = _mixing(config)
+  read = 2 * batch if mixing else batch  # Stream positions read per step.
   source = _Source(config)
   split = config.dataset.train_split
   n = source.split_size(split) // process_count
   if n == 0:
     raise ValueError(f"split {split!r} has fewer examples than the {process_count} processes.")
-  mixing = _mixing(config)
   if mixing:
     mix = _mix_fn(
       config.dataset.num_classes, float(config.augment.mixup_alpha), float(config.augment.cutmix_alpha)

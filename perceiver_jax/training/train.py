@@ -276,10 +276,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(steps per epoch, total steps) of the run."""
+  """(steps per epoch, total steps) of the run; an epoch is a pass over the training images.
+
+  With MixUp/CutMix a step reads two images per example (`data.images_per_example`), so N / (2 B) steps.
+  """
   t = config.train
   examples = config.dataset.num_train_examples or data.num_examples(config, "train")
-  steps_per_epoch = max(1, math.ceil(examples / t.global_batch_size))
+  steps_per_epoch = max(1, math.ceil(examples / (t.global_batch_size * data.images_per_example(config))))
   total = t.num_steps if t.num_steps is not None else int(round(t.num_epochs * steps_per_epoch))
   return steps_per_epoch, total
 
