@@ -13,21 +13,27 @@ released Perceiver training code, deepmind-research perceiver/train, used where 
 - augment.randaugment_layers 4, randaugment_magnitude 5: official (the paper names RandAugment but not its
   settings); 16 ops at the tensorflow/tpu AutoAugment strengths, on the crop at its own size, then a bicubic
   resize: official.
-- augment.mixup_alpha 0.2, cutmix_alpha 1.0 (uniform box area), MixUp on half of each batch and CutMix on
-  the other half, label smoothing after mixing: official (the paper mentions neither).
+- augment.mixup_alpha 0.2, cutmix_alpha 1.0 (uniform box area), label smoothing after mixing: official (the
+  paper mentions neither). As the official code, a step reads 2 images per example: the first half of them
+  MixUp with the next quarter, the second half CutMix with the last quarter, each image used once.
 - augment.eval_crop_fraction 224/256: paper (centre crop); int() of it x the shorter side, offset
   (h - s + 1) // 2, bicubic: official.
-- optimizer: LAMB at 0.004 for 120 epochs, divided by 10 at epochs 84, 102 and 114: paper.
+- optimizer: LAMB at 0.004 for 120 epochs, divided by 10 at epochs 84, 102 and 114: paper. An epoch is a pass
+  over the 1,281,167 training images; with mixing a step of 1024 examples reads 2048 of them, so an epoch is
+  626 steps and 120 epochs are 75,120 steps (decays at steps 52,584, 63,852 and 71,364); 150,240 steps, of
+  1,252 an epoch, with MixUp and CutMix off.
   optimizer.weight_decay 0.1 (biases and norms excluded), clip_global_norm 10, b1 0.9, b2 0.999: official.
 - train.label_smoothing 0.1: official. train.global_batch_size 1024: our choice (not in the paper nor in the
   released config; 8 per TPU core on 64 v3 chips x 2 cores, the paper's largest setup being 64 TPUs).
 
 Variants (comma-separated): `official_recipe` (the released code's schedule instead of the paper's: LAMB at
-5e-4 x batch / 256, flat for half the steps then cosine to 0, 110 epochs; set the learning rate again if you
-override the batch size after it), `unshared`, `learned_pos`, `permuted` (one fixed permutation),
-`permuted_random` (a fresh one per example), `cross_attends_at_start`, `cross_attends_only`, `runlocal`
-(a tiny model and batch, a few steps: the same code path on a laptop CPU), and key=value overrides such
-as `num_cross_attends=4`.
+5e-4 x batch / 256, flat for half the steps then cosine to 0, 110 epochs: 68,860 steps at batch 1024; set the
+learning rate again if you override the batch size after it. The released code counts N / B steps an epoch
+while reading 2B images a step, so its 110 "epochs" were about 137,600 steps at batch 1024 and 220 passes
+over the data: `--config.train.num_epochs=220` (137,720 steps) trains about as long as it did), `unshared`,
+`learned_pos`, `permuted` (one fixed permutation), `permuted_random` (a fresh one per example),
+`cross_attends_at_start`, `cross_attends_only`, `runlocal` (a tiny model and batch, a few steps: the same code
+path on a laptop CPU), and key=value overrides such as `num_cross_attends=4`.
 """
 
 import ml_collections
