@@ -1,4 +1,4 @@
-r"""Measures the input pipeline alone (no model): images/s per process for train and eval preprocessing.
+r"""Measures the input pipeline alone (no model) per process, and says what a pod host needs of it.
 
   python scripts/benchmark_input.py --config=configs/imagenet.py --config.dataset.data_dir=/data/tfds \
       --config.train.global_batch_size=64 --config.train.eval_batch_size=64 --num_batches=50
@@ -6,6 +6,14 @@ r"""Measures the input pipeline alone (no model): images/s per process for train
 `--fake_images_per_class=N` builds a fake ImageNet first (3 classes x N train and 3N validation JPEGs at
 typical ImageNet sizes, written as the ILSVRC2012 tars and run through the real TFDS builder, as the tests
 do) in a temporary directory and measures on that. Prints one JSON line.
+
+Train: examples/s yielded and images/s read (decoded and augmented); with MixUp/CutMix each example is
+made of two images read, as in the official Perceiver code. `host_need`: the images a host must read per
+second to keep its chips busy, from the config's model: training costs 3 x its forward FLOPs per example
+(forward and backward, remat's recompute not counted), so a chip of `--chip_tflops` at `--mfu` trains
+mfu x tflops / (3 x forward TFLOPs) examples/s, a host `--chips_per_host` times that, and reads
+`data.images_per_example` images per example; `cores_at_measured_rate` divides by the rate per CPU core
+measured here.
 """
 
 import itertools
@@ -25,13 +33,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 20, "Batches timed, per pipeline.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Batches pulled before timing (pipeline start, buffers).")
 _FAKE = flags.DEFINE_integer("fake_images_per_class", 0, "If > 0, measure on a fake ImageNet of this size.")
+# A v5e:8x8 pod: 64 chips on 16 hosts, 197 bf16 TFLOP/s per chip.
+_CHIPS_PER_HOST = flags.DEFINE_integer("chips_per_host", 4, "Accelerator chips per host, for host_need.")
+_CHIP_TFLOPS = flags.DEFINE_float("chip_tflops", 197.0, "Peak TFLOP/s of one chip, for host_need.")
+_MFU = flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation assumed, for host_need.")
 
 # Typical ImageNet photo sizes (height, width); the median image is about 400 x 350.
 _IMAGENET_LIKE_SIZES = ((375, 500), (500, 375), (333, 500), (500, 400), (400, 300), (281, 500))
 
 
 def _measure(batches, num_batches: int, warmup: int) -> tuple[float, float]:
-  """(seconds to the first batch, images/s over `num_batches` after `warmup`); padding is not counted."""
+  """(seconds to the first batch, examples/s over `num_batches` after `warmup`); padding is not counted."""
   start = time.perf_counter()
   next(batches)
   first = time.perf_counter() - start
@@ -42,6 +54,25 @@ def _measure(batches, num_batches: int, warmup: int) -> tuple[float, float]:
     batch = next(batches)
     images += int(batch["eval_mask"].sum()) if "eval_mask" in batch else len(batch["label"])
   return first, images / (time.perf_counter() - start)
+
+
+def host_need(config, images_read_per_s: float) -> dict:
+  """What a host of `--chips_per_host` chips at `--mfu` of `--chip_tflops` needs of the input pipeline."""
+  from perceiver_jax.tools import flops
+
+  train_tflops = 3 * flops.model_stats(config)["gflops"] / 1000  # Per example: forward + backward.
+  examples = _CHIPS_PER_HOST.value * _MFU.value * _CHIP_TFLOPS.value / train_tflops
+  images = examples * data.images_per_example(config)
+  per_core = images_read_per_s / os.cpu_count()
+  return {
+    "chips_per_host": _CHIPS_PER_HOST.value,
+    "chip_tflops": _CHIP_TFLOPS.value,
+    "mfu": _MFU.value,
+    "train_tflops_per_example": round(train_tflops, 3),
+    "examples_per_s": round(examples, 1),
+    "images_read_per_s": round(images, 1),
+    "cores_at_measured_rate": round(images / per_core, 1),
+  }
 
 
 def main(argv: list[str]) -> None:
@@ -61,6 +92,7 @@ def main(argv: list[str]) -> None:
     eval_first, eval_rate = _measure(evals, _NUM_BATCHES.value, _WARMUP.value)
   import jax
 
+  reads = data.images_per_example(config)
   print(
     json.dumps(
       {
@@ -68,14 +100,18 @@ def main(argv: list[str]) -> None:
         "fake_data": _FAKE.value > 0,
         "image_size": config.dataset.image_size,
         "randaugment": [config.augment.randaugment_layers, config.augment.randaugment_magnitude],
+        "mixup_cutmix": [config.augment.mixup_alpha, config.augment.cutmix_alpha],
+        "images_per_example": reads,
         "process_count": jax.process_count(),
         "train_batch_per_process": config.train.global_batch_size // jax.process_count(),
         "eval_batch_per_process": config.train.eval_batch_size // jax.process_count(),
         "cpu_count": os.cpu_count(),
-        "train_images_per_s": round(train_rate, 1),
+        "train_examples_per_s": round(train_rate, 1),
+        "train_images_read_per_s": round(train_rate * reads, 1),
         "eval_images_per_s": round(eval_rate, 1),
         "train_first_batch_s": round(train_first, 2),
         "eval_first_batch_s": round(eval_first, 2),
+        "host_need": host_need(config, train_rate * reads),
       }
     )
   )
