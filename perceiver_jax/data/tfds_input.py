@@ -22,8 +22,9 @@ devices it feeds; with one process it is the official pairing of the whole globa
 Exact resume: for a fixed process count and the same TF/TFDS versions and data files, the batch at step s is
 a pure function of (config.seed, s): `train_batches(config, start_step=s)` starts epoch s*r // n (r = b, or
 2b with mixing) and skips into it, and yields the very batches an iterator started at 0 yields from step s
-on. The skip reads (but does not decode) the skipped records, at most one epoch of them. Not reproducible: a different process count (the
-slices change), a rebuilt dataset with different shard files, or a different `dataset.shuffle_buffer`.
+on. The skip reads (but does not decode) the skipped records, at most one epoch of them. Not reproducible: a
+different process count (the slices change), a rebuilt dataset with different shard files, or a different
+`dataset.shuffle_buffer`.
 
 Eval batches: the eval split in file order, split over processes (the first n % process_count get one more
 example), centre crop of int(`augment.eval_crop_fraction` x shorter side), bicubic resize, normalised, plus
