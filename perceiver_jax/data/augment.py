@@ -490,25 +490,31 @@ def mix_batch(
     raise ValueError("mix_batch needs mixup_alpha > 0 or cutmix_alpha > 0.")
   shape = tf.shape(images)
   batch, height, width = shape[0] // 2, shape[1], shape[2]
-  num_mixup, _ = mix_counts(batch, mixup_alpha, cutmix_alpha)
-  k = tf.range(batch)
-  use_cutmix = k >= num_mixup  # [B]
-  first = tf.where(use_cutmix, k + num_mixup, k)  # [B]
-  partner = first + tf.where(use_cutmix, batch - num_mixup, num_mixup)  # [B]
-  x, y = tf.gather(images, first), tf.gather(images, partner)  # [B, H, W, C]
-  ratio, box = tf.gather(ratios, first), tf.gather(boxes, first)  # [B], [B, 4]
+  num_mixup, num_cutmix = mix_counts(batch, mixup_alpha, cutmix_alpha)
+  # Slices of the 2B images: MixUp's first images and partners, then CutMix's. [m or c, ...]
+  mixup_first, mixup_partner = slice(0, num_mixup), slice(num_mixup, 2 * num_mixup)
+  cutmix_first, cutmix_partner = (
+    slice(2 * num_mixup, 2 * num_mixup + num_cutmix),
+    slice(2 * num_mixup + num_cutmix, None),
+  )
 
-  r = ratio[:, None, None, None]
-  mixed = r * x + (1 - r) * y
+  r = ratios[mixup_first]  # [m]
+  mixed = [
+    r[:, None, None, None] * images[mixup_first] + (1 - r[:, None, None, None]) * images[mixup_partner]
+  ]
+  weights = [r]  # The first image's label weight, per example.
   if cutmix_alpha > 0:
+    box = boxes[cutmix_first]  # [c, 4]
     rows, cols = tf.range(height)[None], tf.range(width)[None]
-    inside_y = (rows >= box[:, 0:1]) & (rows < box[:, 1:2])  # [B, H]
-    inside_x = (cols >= box[:, 2:3]) & (cols < box[:, 3:4])  # [B, W]
-    inside = inside_y[:, :, None, None] & inside_x[:, None, :, None]  # [B, H, W, 1]
+    inside_y = (rows >= box[:, 0:1]) & (rows < box[:, 1:2])  # [c, H]
+    inside_x = (cols >= box[:, 2:3]) & (cols < box[:, 3:4])  # [c, W]
+    inside = inside_y[:, :, None, None] & inside_x[:, None, :, None]  # [c, H, W, 1]
+    mixed.append(tf.where(inside, images[cutmix_partner], images[cutmix_first]))
     area = tf.cast((box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2]), tf.float32)
-    kept = 1.0 - area / tf.cast(height * width, tf.float32)  # [B]
-    mixed = tf.where(use_cutmix[:, None, None, None], tf.where(inside, y, x), mixed)
-    ratio = tf.where(use_cutmix, kept, ratio)
-  soft = ratio[:, None] * tf.gather(one_hot, first) + (1 - ratio[:, None]) * tf.gather(one_hot, partner)
+    weights.append(1.0 - area / tf.cast(height * width, tf.float32))  # The share of pixels kept.
+  mixed, weight = tf.concat(mixed, 0), tf.concat(weights, 0)[:, None]  # [B, H, W, C], [B, 1]
+  first = tf.concat([one_hot[mixup_first], one_hot[cutmix_first]], 0)  # [B, K]
+  partner = tf.concat([one_hot[mixup_partner], one_hot[cutmix_partner]], 0)  # [B, K]
+  soft = weight * first + (1 - weight) * partner
   mixed.set_shape([None, *images.shape[1:]])
   return mixed, soft
