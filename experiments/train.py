@@ -11,6 +11,7 @@ add `--coordinator_address=host:port --num_processes=N --process_id=i`.
 
 import os
 import pathlib
+import signal
 
 from absl import flags, logging
 from etils import epath
@@ -53,6 +54,8 @@ def main(argv):
     config, workdir, tensorboard=_TENSORBOARD.value, accept_config_change=_ACCEPT_CHANGE.value
   )
   if results.get("preempted"):
+    for s in (signal.SIGTERM, signal.SIGINT):  # Saved and stopped: further signals change nothing.
+      signal.signal(s, signal.SIG_IGN)
     print(f"Preempted: checkpoint of step {results['step']} saved in {workdir}; run again to resume.")
     return
   logging.info("Results in %s: %s", workdir, results["eval"])
