@@ -51,10 +51,14 @@ def main(argv):
   distributed.check_same_config(config)
   workdir = _WORKDIR.value or os.fspath(epath.Path("workdirs") / config.dataset.name)
   results = train.train_and_evaluate(
-    config, workdir, tensorboard=_TENSORBOARD.value, accept_config_change=_ACCEPT_CHANGE.value
+    config,
+    workdir,
+    tensorboard=_TENSORBOARD.value,
+    accept_config_change=_ACCEPT_CHANGE.value,
+    hold_sigterm=True,
   )
   if results.get("preempted"):
-    for s in (signal.SIGTERM, signal.SIGINT):  # Saved and stopped: further signals change nothing.
+    for s in (signal.SIGTERM, signal.SIGINT):  # Saved and stopped: later signals cannot end the exit early.
       signal.signal(s, signal.SIG_IGN)
     print(f"Preempted: checkpoint of step {results['step']} saved in {workdir}; run again to resume.")
     return

@@ -377,9 +377,17 @@ class PreemptionWatcher:
   True on every process at the same step, with no device work or host fetch added to the steps.
   """
 
-  def __init__(self, mesh: Mesh | None = None, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
+  def __init__(
+    self,
+    mesh: Mesh | None = None,
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+    hold_after_stop: bool = False,
+  ):
+    """`hold_after_stop`: after a stop by a signal, leave the SIGTERM handler (which only logs) in place, for
+    a process that ends with the run: a later SIGTERM would otherwise kill it (status -15) mid-exit."""
     del mesh  # The agreement goes through the coordination service, not the devices.
     self._signals = tuple(signals)
+    self._hold, self._signalled = hold_after_stop, False
     self._received = threading.Event()
     self._previous: dict[int, Any] = {}
     self._calls = 0
@@ -400,6 +408,7 @@ class PreemptionWatcher:
         "Received %s again: still saving the checkpoint, then stopping (kill -9 stops at once, unsaved).",
         name,
       )
+    self._signalled = True
     self._received.set()
 
   def __enter__(self) -> PreemptionWatcher:
@@ -416,7 +425,8 @@ class PreemptionWatcher:
 
   def __exit__(self, *exc_info) -> None:
     for s, handler in self._previous.items():
-      signal.signal(s, handler)
+      if not (self._hold and self._signalled and s == signal.SIGTERM):
+        signal.signal(s, handler)
     self._previous = {}
 
   def request_stop(self) -> None:

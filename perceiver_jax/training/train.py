@@ -398,6 +398,7 @@ def train_and_evaluate(
   workdir: str,
   tensorboard: bool = True,
   accept_config_change: bool = False,
+  hold_sigterm: bool = False,
 ) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint, then evaluates.
 
@@ -410,6 +411,8 @@ def train_and_evaluate(
   Before anything in `workdir` is written: a resume whose config changes the experiment is refused
   (`check_resume`; `accept_config_change` lets it go on, recorded in config.json), and a workdir in use
   by another live run is refused (`run_files.WorkdirLock`, held by process 0 until this returns).
+  `hold_sigterm` (for entry points, whose process ends with the run): after a stop by SIGTERM, later ones
+  stay harmless (`checkpoint.PreemptionWatcher(hold_after_stop=True)`).
   """
   trainer = Trainer(config)
   every, keep = config.checkpoint.every, config.checkpoint.keep
@@ -433,7 +436,7 @@ def train_and_evaluate(
     raise error or RuntimeError(f"Process 0 could not start the run in {workdir}; see its log.")
   # The watcher spans the wait for the last save and the lock's release: a second SIGTERM (or Ctrl-C)
   # meanwhile is logged, and cannot kill the save the way the default handler would.
-  with checkpoint.PreemptionWatcher() as watcher:
+  with checkpoint.PreemptionWatcher(hold_after_stop=hold_sigterm) as watcher:
     try:
       writer = MetricWriter(workdir, tensorboard=tensorboard)  # Reads metrics.jsonl: fails before writing.
       manager = checkpoint.make_manager(workdir, keep)
