@@ -48,8 +48,10 @@ def main(argv):
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
   config = _CONFIG.value
-  distributed.check_same_config(config)
   workdir = _WORKDIR.value or os.fspath(epath.Path("workdirs") / config.dataset.name)
+  distributed.check_same_config(
+    config, flags={"--workdir": workdir, "--accept_config_change": _ACCEPT_CHANGE.value}
+  )
   results = train.train_and_evaluate(
     config,
     workdir,
