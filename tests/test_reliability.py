@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import ROOT, TINY, child_env, load_config, steps
+from etils import epath
 
 from perceiver_jax import config_args
 from perceiver_jax.tools import sweep, tables, visualize
@@ -403,3 +405,49 @@ def test_a_container_restarted_as_pid_1_takes_its_lock_back(tmp_path):
   with run_files.WorkdirLock(tmp_path):
     with pytest.raises(run_files.WorkdirBusy, match=f"pid {os.getpid()} on host"):
       run_files.WorkdirLock(tmp_path).acquire()
+
+
+def test_a_bad_value_or_an_unknown_dataset_for_a_new_workdir_leaves_nothing_behind(tmp_path):
+  new = tmp_path / "new"
+  with pytest.raises(ValueError, match="num_self_heads=3 does not divide latent_channels=16"):
+    train.train_and_evaluate(tiny(**{"model.num_self_heads": 3}), str(new), tensorboard=False)
+  assert not new.exists()
+  with pytest.raises(ValueError, match=r"dataset\.name='synthetic' is not one of this package's sources"):
+    train.train_and_evaluate(tiny(**{"dataset.name": "synthetic"}), str(new), tensorboard=False)
+  assert not new.exists()
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+  def full(self, text, *args, **kwargs):
+    pathlib.Path(self).write_text(text[:5])  # Part written, then the disk is full.
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(type(epath.Path(tmp_path)), "write_text", full)
+  with pytest.raises(
+    run_files.RunFileError, match=r"Cannot write \S+metrics.jsonl \(OSError: .*No space left"
+  ):
+    run_files.write_jsonl(tmp_path / "metrics.jsonl", [{"step": 1}])
+  assert os.listdir(tmp_path) == []
+
+
+def test_load_run_retries_when_a_training_run_replaced_its_checkpoints_meanwhile(
+  reference, tmp_path, monkeypatch
+):
+  """evaluate.py beside a run with checkpoint.keep=1: the steps it listed are deleted, a newer one saved."""
+  workdir = copy_run(reference, tmp_path)
+  later = tmp_path / "12"
+  (workdir / "checkpoints" / "12").rename(later)
+  restore, calls = checkpoint.restore_latest, []
+
+  def raced(manager, *args, **kwargs):
+    if not calls:  # The run saves 12 and deletes 4 and 8 after evaluate listed [4, 8].
+      later.rename(workdir / "checkpoints" / "12")
+      for step in (4, 8):
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    calls.append(1)
+    return restore(manager, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint, "restore_latest", raced)
+  run = train.load_run(str(workdir))
+  assert run.step == 12 and len(calls) == 2
+  assert checkpoint.params_checksum(run.state.params) == reference[1]["params_checksum"]

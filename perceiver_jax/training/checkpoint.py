@@ -331,7 +331,7 @@ def restore_latest(
         with _QuietAsyncio():
           state = manager.restore(step, args=ocp.args.StandardRestore(target))
       except Exception as e:  # noqa: BLE001  Whatever went wrong, the previous checkpoint may be fine.
-        error = f"{type(e).__name__}: {str(e)[:300]}"
+        error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"  # One line.
         mismatch = _mismatch(manager, step, target)
         if mismatch:  # Every process reads the same metadata, so all of them raise.
           raise CheckpointMismatch(

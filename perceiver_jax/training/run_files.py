@@ -68,8 +68,17 @@ def write_text(path: epath.PathLike, text: str) -> None:
   """Writes `text` to `path` whole: a temporary file beside it, renamed over it."""
   path = epath.Path(path)
   tmp = path.parent / f".{path.name}.tmp.{os.getpid()}"
-  tmp.write_text(text)
-  tmp.replace(path)
+  try:
+    tmp.write_text(text)
+    tmp.replace(path)
+  except OSError as e:  # A full disk or a read-only mount: leave no temporary file behind, name the file.
+    try:
+      tmp.unlink(missing_ok=True)
+    except OSError:
+      pass
+    raise RunFileError(
+      f"Cannot write {path} ({type(e).__name__}: {e}); free space or fix the workdir."
+    ) from e
 
 
 def write_json(path: epath.PathLike, value: Any) -> None:

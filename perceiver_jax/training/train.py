@@ -423,6 +423,10 @@ def train_and_evaluate(
       f"The workdir {workdir} is a file; pass a directory (new or a run's) as --workdir."
     )
   is_lead = jax.process_index() == 0
+  # The restore target: tracing the model's init checks the model's values before the workdir is touched.
+  target = checkpoint.abstract_state(
+    functools.partial(init_state, config, trainer.model, trainer.optimizer), parallel.replicated(trainer.mesh)
+  )
   # Process 0 reads the workdir and takes its lock; every process learns whether that worked, so that all
   # of them stop before anything in the workdir is written.
   config_json, lock, error = None, run_files.WorkdirLock(workdir), None
@@ -441,7 +445,7 @@ def train_and_evaluate(
       writer = MetricWriter(workdir, tensorboard=tensorboard)  # Reads metrics.jsonl: fails before writing.
       manager = checkpoint.make_manager(workdir, keep)
       try:
-        return _train(trainer, workdir, writer, manager, watcher, config_json)
+        return _train(trainer, workdir, writer, manager, watcher, config_json, target)
       finally:
         manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
         writer.close()
@@ -476,7 +480,7 @@ def _evaluate_and_log(trainer: Trainer, train_state, step: int, writer, history)
   return eval_metrics
 
 
-def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json) -> dict[str, Any]:
+def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json, target) -> dict[str, Any]:
   config, t, total = trainer.config, trainer.config.train, trainer.total_steps
   is_lead = jax.process_index() == 0
   logging.info(
@@ -487,9 +491,6 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
     trainer.steps_per_epoch,
     jax.device_count(),
     jax.process_count(),
-  )
-  target = checkpoint.abstract_state(
-    functools.partial(init_state, config, trainer.model, trainer.optimizer), parallel.replicated(trainer.mesh)
   )
   train_state, start = checkpoint.restore_latest(manager, target, move_aside_corrupt=True)
   if start is not None and start > total:  # Before config.json is written: the run stays as it was.
@@ -626,14 +627,29 @@ def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = 
   available = list(manager.all_steps()) if manager else []
   if step is not None and step not in available:
     raise FileNotFoundError(f"No checkpoint of step {step} in {workdir}; it has steps {available}.")
-  state, restored = (None, None)
-  if available:
+  state, restored, tried = None, None, set()
+  while manager and set(available) - tried:
     state, restored = checkpoint.restore_latest(manager, target, steps=None if step is None else [step])
+    if state is not None or step is not None:
+      break
+    # A run training meanwhile may have deleted the steps read (checkpoint.keep) and saved newer ones.
+    tried |= set(available)
+    manager.reload()
+    available = list(manager.all_steps())
+    if set(available) - tried:
+      logging.warning("New checkpoints appeared meanwhile (steps %s); trying the newest.", available)
+  if manager:
     manager.close()
   if state is None:
+    why = (
+      "none of them could be read (see the warnings above); restore them from a copy"
+      if tried or step is not None
+      else "the run has not saved one yet (it saves every config.checkpoint.every steps, at the end and "
+      "when preempted)"
+    )
     raise FileNotFoundError(
-      f"No readable checkpoint in {checkpoint.directory(workdir)} (steps found: {available}); the run "
-      "has not saved one yet (it saves every config.checkpoint.every steps, at the end and when preempted)."
+      f"No readable checkpoint in {checkpoint.directory(workdir)} (steps found: {sorted(tried) or available}"
+      f"); {why}."
     )
   return Run(config, state, restored)
 
