@@ -451,3 +451,21 @@ def test_load_run_retries_when_a_training_run_replaced_its_checkpoints_meanwhile
   run = train.load_run(str(workdir))
   assert run.step == 12 and len(calls) == 2
   assert checkpoint.params_checksum(run.state.params) == reference[1]["params_checksum"]
+
+
+def test_a_config_file_that_raises_is_named_with_its_line(tmp_path, capsys):
+  from absl import flags
+  from ml_collections import config_flags
+
+  from perceiver_jax import cli as entry
+
+  path = tmp_path / "broken.py"
+  path.write_text("def get_config(arg=None):\n  steps = 0\n  return 1 / steps\n")
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+  with pytest.raises(SystemExit) as exit_status:
+    entry.parse_flags(["train.py", f"--config={path}"], values)
+  assert exit_status.value.code == 2
+  assert capsys.readouterr().err == (
+    f"error: division by zero (in {path}, line 3) (--verbose shows the traceback)\n"
+  )
