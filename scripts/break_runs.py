@@ -229,7 +229,8 @@ def case_lock_pid1(root, ref, results):
   holder.wait()
   again = subprocess.run([*unshare, *args, "release"], capture_output=True, text=True, timeout=60)
   ok = again.returncode == 0 and "took the lock" in again.stdout
-  return ok, f"restarted container: exit {again.returncode}, {(again.stdout + again.stderr).strip()[-120:]}"
+  seen = " ".join((again.stdout + again.stderr).split())[-160:]
+  return ok, f"restarted container: exit {again.returncode}: {seen}"
 
 
 def case_two_workdirs(root, ref, results):
