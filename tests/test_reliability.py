@@ -469,3 +469,21 @@ def test_a_config_file_that_raises_is_named_with_its_line(tmp_path, capsys):
   assert capsys.readouterr().err == (
     f"error: division by zero (in {path}, line 3) (--verbose shows the traceback)\n"
   )
+
+
+def test_a_full_disk_under_orbax_is_told_apart_and_its_tracebacks_kept_off_the_log():
+  try:
+    try:
+      raise OSError(28, "No space left on device")
+    except OSError as e:
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x"') from e
+  except ValueError as error:
+    assert checkpoint.disk_full(error) and checkpoint.disk_full(error.__cause__)
+  assert not checkpoint.disk_full(ValueError("DATA_LOSS: checksum"))
+  quiet = [f for f in logging.getLogger("absl").filters if isinstance(f, checkpoint._OrbaxTracebacks)]
+  assert len(quiet) == 1
+  for path, kept in (("/x/orbax/checkpoint/future.py", False), ("/x/perceiver_jax/train.py", True)):
+    record = logging.LogRecord(
+      "absl", logging.ERROR, path, 1, "failed", None, (ValueError, ValueError(), None)
+    )
+    assert quiet[0].filter(record) and (record.exc_info is not None) == kept

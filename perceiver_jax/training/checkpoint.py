@@ -9,8 +9,10 @@ that cannot be read is skipped with a warning for the one before it; a training 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging as std_logging
 import os
 import signal
 import sys
@@ -287,6 +289,34 @@ def _drop_closed_loop_noise(hook):
 
 if not getattr(sys.unraisablehook, "perceiver_jax_filter", False):
   sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
+
+
+class _OrbaxTracebacks:
+  """A filter of absl's logger: orbax's error lines keep their message, not their traceback.
+
+  orbax logs the error of a failed background save with its traceback from each thread that sees it (5
+  tracebacks for one full disk); the same error reaches the train loop, which ends in one line (its
+  traceback with --verbose).
+  """
+
+  def filter(self, record) -> bool:
+    if record.exc_info and f"{os.sep}orbax{os.sep}" in (record.pathname or ""):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+_absl_logger = std_logging.getLogger("absl")
+if not any(isinstance(f, _OrbaxTracebacks) for f in _absl_logger.filters):
+  _absl_logger.addFilter(_OrbaxTracebacks())
+
+
+def disk_full(error: BaseException) -> bool:
+  """Whether `error` (or what caused it) is a full disk or quota (orbax's RESOURCE_EXHAUSTED, ENOSPC)."""
+  while error is not None:
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "RESOURCE_EXHAUSTED" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 class _QuietAsyncio:

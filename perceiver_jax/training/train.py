@@ -445,10 +445,18 @@ def train_and_evaluate(
       writer = MetricWriter(workdir, tensorboard=tensorboard)  # Reads metrics.jsonl: fails before writing.
       manager = checkpoint.make_manager(workdir, keep)
       try:
-        return _train(trainer, workdir, writer, manager, watcher, config_json, target)
-      finally:
-        manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
-        writer.close()
+        try:
+          return _train(trainer, workdir, writer, manager, watcher, config_json, target)
+        finally:
+          manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
+          writer.close()
+      except Exception as e:
+        if not checkpoint.disk_full(e):
+          raise
+        raise OSError(
+          f"The disk of {workdir} is full ({' '.join(str(e).split())[:160]}); free space and run again: it "
+          "resumes from the newest whole checkpoint."
+        ) from e
     finally:
       lock.release()
 
