@@ -480,6 +480,7 @@ def test_a_full_disk_under_orbax_is_told_apart_and_its_tracebacks_kept_off_the_l
   except ValueError as error:
     assert checkpoint.disk_full(error) and checkpoint.disk_full(error.__cause__)
   assert not checkpoint.disk_full(ValueError("DATA_LOSS: checksum"))
+  assert not checkpoint.disk_full(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate"))
   quiet = [f for f in logging.getLogger("absl").filters if isinstance(f, checkpoint._OrbaxTracebacks)]
   assert len(quiet) == 1
   for path, kept in (("/x/orbax/checkpoint/future.py", False), ("/x/perceiver_jax/train.py", True)):

@@ -313,7 +313,11 @@ if not any(isinstance(f, _OrbaxTracebacks) for f in _absl_logger.filters):
 def disk_full(error: BaseException) -> bool:
   """Whether `error` (or what caused it) is a full disk or quota (orbax's RESOURCE_EXHAUSTED, ENOSPC)."""
   while error is not None:
-    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "RESOURCE_EXHAUSTED" in str(error):
+    text = str(error).lower()
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    # tensorstore's write errors; not XLA's "RESOURCE_EXHAUSTED: Out of memory" of a device.
+    if "resource_exhausted" in text and "writ" in text and "out of memory" not in text:
       return True
     error = error.__cause__ or error.__context__
   return False
