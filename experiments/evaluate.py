@@ -30,6 +30,7 @@ def main(argv):
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
+  distributed.check_same_config(None, flags={"--workdir": _WORKDIR.value})
   results = train.evaluate_run(_WORKDIR.value)
   print(json.dumps(results, indent=2, sort_keys=True))
 

@@ -11,6 +11,7 @@ add `--coordinator_address=host:port --num_processes=N --process_id=i`.
 
 import os
 import pathlib
+import signal
 
 from absl import flags, logging
 from etils import epath
@@ -47,12 +48,20 @@ def main(argv):
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
   config = _CONFIG.value
-  distributed.check_same_config(config)
   workdir = _WORKDIR.value or os.fspath(epath.Path("workdirs") / config.dataset.name)
+  distributed.check_same_config(
+    config, flags={"--workdir": workdir, "--accept_config_change": _ACCEPT_CHANGE.value}
+  )
   results = train.train_and_evaluate(
-    config, workdir, tensorboard=_TENSORBOARD.value, accept_config_change=_ACCEPT_CHANGE.value
+    config,
+    workdir,
+    tensorboard=_TENSORBOARD.value,
+    accept_config_change=_ACCEPT_CHANGE.value,
+    hold_sigterm=True,
   )
   if results.get("preempted"):
+    for s in (signal.SIGTERM, signal.SIGINT):  # Saved and stopped: later signals cannot end the exit early.
+      signal.signal(s, signal.SIG_IGN)
     print(f"Preempted: checkpoint of step {results['step']} saved in {workdir}; run again to resume.")
     return
   logging.info("Results in %s: %s", workdir, results["eval"])

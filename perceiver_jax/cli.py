@@ -76,7 +76,7 @@ def define_config_file(name: str, default: str, help_string: str):
 
 
 def _message(error: BaseException) -> str:
-  text = str(error).strip()
+  text = str(error).split("\n-----")[0].strip()  # Without JAX's note on its filtered traceback.
   if "Traceback (most recent call last)" in text:  # config_flags quotes the config file's traceback.
     last = [line for line in text.splitlines() if line.strip()][-1]
     text = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
@@ -86,8 +86,30 @@ def _message(error: BaseException) -> str:
   return " ".join(text.split())
 
 
+def _config_frame(error: BaseException, argv: Sequence[str]) -> str:
+  """' (in FILE, line N)' when `error` was raised in the config file that `--config=FILE[:arg]` names."""
+  import pathlib
+  import re
+  import traceback
+
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if not spec:
+    return ""
+  path = spec.partition(":")[0]
+  target = str(pathlib.Path(path).resolve())
+  lines = [
+    (frame.filename, frame.lineno)
+    for frame in traceback.extract_tb(error.__traceback__)
+    if str(pathlib.Path(frame.filename).resolve()) == target
+  ]
+  # config_flags may quote the config file's traceback in its message instead.
+  lines += [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', str(error)) if f.endswith(path)]
+  return f" (in {path}, line {lines[-1][1]})" if lines else ""
+
+
 def _fail(error: BaseException, status: int, argv: Sequence[str], message: str | None = None) -> None:
-  print(f"error: {message or _message(error)} (--verbose shows the traceback)", file=sys.stderr)
+  where = _config_frame(error, argv)
+  print(f"error: {message or _message(error)}{where} (--verbose shows the traceback)", file=sys.stderr)
   sys.exit(status)
 
 
@@ -116,6 +138,15 @@ def run(
   def guarded(argv: list[str]) -> int | None:
     try:
       return main(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside a train loop (which saves and stops instead).
+      if _VERBOSE.value:
+        raise
+      print(
+        "error: interrupted (Ctrl-C) outside the train loop; the checkpoints saved so far are kept: run the "
+        "same command again to go on.",
+        file=sys.stderr,
+      )
+      sys.exit(130)
     except Exception as e:  # noqa: BLE001  One line for the user; --verbose for the traceback.
       if _VERBOSE.value:
         raise

@@ -145,6 +145,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp
   # An absl warning line: W<date> <time> <thread> checkpoint.py:<line>] Checkpoint of step 12 ...
   assert re.search(r"^W.*\] Checkpoint of step 12 in \S+ is unreadable \(\w+Error: ", done.stderr, re.M)
   assert "Event loop is closed" not in done.stderr  # One warning, no wall of asyncio tracebacks.
+  assert "Traceback" not in done.stderr
   assert "Resuming from the checkpoint of step 8" in done.stderr
   assert (workdir / "corrupt_checkpoints" / "12").is_dir()
   results = json.loads((workdir / "results.json").read_text())
@@ -188,3 +189,40 @@ def test_evaluate_script_reproduces_the_final_eval(reference, tmp_path, cache_di
   )
   assert missing.returncode != 0
   assert "error: No run in workdir" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_later_signals_cannot_kill_the_save(tmp_path, cache_dir):
+  """Ctrl-C stops like SIGTERM; a cluster's repeated SIGTERMs during the save are logged, not fatal."""
+  workdir = tmp_path / "run"
+  cmd = train_command(workdir, f"--config=configs/digits.py:{TINY}")
+  log = tmp_path / "log"
+  with open(log, "w") as err:
+    proc = subprocess.Popen(
+      cmd,
+      cwd=ROOT,
+      env=child_env(cache_dir, TEST_SLOW_FROM=3, TEST_DELAY=0.3),
+      stdout=subprocess.PIPE,
+      stderr=err,
+      text=True,
+    )
+  try:
+    deadline = time.time() + 240
+    while "step 4/12" not in log.read_text():
+      assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    while proc.poll() is None and time.time() < deadline:  # SIGTERM every 20 ms until it exits.
+      proc.send_signal(signal.SIGTERM)
+      time.sleep(0.02)
+    stdout = proc.communicate(timeout=60)[0]
+  finally:
+    proc.kill()
+  stderr = log.read_text()
+  assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+  stopped = int(re.search(r"Preempted: checkpoint of step (\d+) saved", stdout).group(1))
+  assert "Received SIGINT: saving a checkpoint" in stderr and "Received SIGTERM again: still saving" in stderr
+  assert stderr.index("Received SIGTERM again") < stderr.index(f"saved the checkpoint of step {stopped}")
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", str(stopped)]
+  assert not (workdir / "lock").exists()
+  assert train.load_run(str(workdir)).step == stopped

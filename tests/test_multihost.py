@@ -219,3 +219,36 @@ def test_start_up_fails_fast_with_one_line():
   assert rc0 == rc1 == 1 and message in out0 and message in out1, out0[-2000:]
   port = free_port()
   assert [rc for rc, _ in _startup((port, 2, 0, 5), (port, 2, 1, 5))] == [0, 0]
+
+
+@pytest.mark.slow
+def test_processes_given_different_workdirs_stop_at_once_naming_the_flag(tmp_path):
+  """They used to train until the first save, then wait there for each other, silently, for 20 minutes."""
+  port, procs = free_port(), []
+  for i in range(2):
+    cmd = train_command(
+      tmp_path / f"w{i}",
+      CONFIG,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      "--local_device_count=1",
+    )
+    procs.append(
+      subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=child_env(devices=None),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+    )
+  try:
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  message = f"process 1 differs from process 0 in --workdir ('{tmp_path / 'w0'}' vs '{tmp_path / 'w1'}')"
+  assert [p.returncode for p in procs] == [1, 1] and all(message in out for out in outs), outs[0][-2000:]
+  assert not (tmp_path / "w0").exists() and not (tmp_path / "w1").exists()

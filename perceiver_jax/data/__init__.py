@@ -53,7 +53,14 @@ SOURCES: dict[str, Callable[[], object]] = {
 
 def source(config: ml_collections.ConfigDict):
   """The data source of `config.dataset.name`: SOURCES' entry, else a TFDS dataset of that name."""
-  return SOURCES.get(config.dataset.name, _tfds)()
+  name = config.dataset.name
+  if name not in SOURCES and "download" not in config.dataset:  # No TFDS fields: not a TFDS config.
+    raise ValueError(
+      f"dataset.name={name!r} is not one of this package's sources ({', '.join(sorted(SOURCES))}), and "
+      "this config has no TFDS fields (dataset.download, ...) to read it from TFDS: pick one of those "
+      "names, or a config written for TFDS datasets (configs/imagenet.py)."
+    )
+  return SOURCES.get(name, _tfds)()
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Iterator[Batch]:

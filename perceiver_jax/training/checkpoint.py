@@ -9,8 +9,10 @@ that cannot be read is skipped with a warning for the one before it; a training 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging as std_logging
 import os
 import signal
 import sys
@@ -39,6 +41,20 @@ def _host(x) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
+
+
+def state_checksum(tree: Any) -> str:
+  """sha256 (hex) of every leaf of `tree`: its '/'-joined path, dtype, shape and little-endian bytes,
+  the leaves in sorted path order. Equal checksums mean bitwise equal states."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  digest = hashlib.sha256()
+  for path, leaf in sorted(leaves, key=lambda x: jax.tree_util.keystr(x[0], simple=True, separator="/")):
+    value = _host(leaf)
+    value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    digest.update(f"{name}:{value.dtype.str}:{value.shape};".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
 
 
 def params_checksum(params: Any) -> str:
@@ -98,12 +114,14 @@ def config_from_json(value: str | dict) -> ml_collections.ConfigDict:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config of the run in `workdir`, from its config.json."""
+  """The config of the run in `workdir`, from its config.json, or without one from its newest checkpoint."""
   path = epath.Path(workdir) / run_files.CONFIG
-  if not path.exists():
+  tree = saved_config(workdir) if not path.exists() else None
+  if not path.exists() and tree is None:
     what = "does not exist" if not epath.Path(workdir).exists() else f"has no config.json ({path})"
     raise FileNotFoundError(f"No run in workdir {workdir!r}: it {what}; train into it first.")
-  tree = run_files.read_json(path)
+  if tree is None:
+    tree = run_files.read_json(path)
   if not isinstance(tree, dict):
     raise run_files.RunFileError(f"{path} holds no config (a JSON {type(tree).__name__}); restore it.")
   tree.pop(run_files.CONFIG_CHANGES, None)
@@ -132,10 +150,45 @@ def make_manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.Ch
   return ocp.CheckpointManager(directory(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, train_state: Any) -> None:
-  """Starts saving `train_state` as checkpoint `step`; a state with NaN or inf is never saved."""
+# Keys of a checkpoint's step metadata (orbax's `custom_metadata`).
+CHECKSUM, CONFIG, UNLOGGED = "state_sha256", "config", "unlogged_metrics"
+
+
+def save(
+  manager: ocp.CheckpointManager, step: int, train_state: Any, metadata: dict[str, Any] | None = None
+) -> None:
+  """Starts saving `train_state` as checkpoint `step`; a state with NaN or inf is never saved.
+
+  The state's checksum (verified on restore) and `metadata` (JSON values) go into the step's metadata.
+  """
   check_finite(train_state, step)
-  manager.save(step, args=ocp.args.StandardSave(train_state), force=True)
+  custom = {**(metadata or {}), CHECKSUM: state_checksum(train_state)}
+  manager.save(step, args=ocp.args.StandardSave(train_state), force=True, custom_metadata=custom)
+
+
+def step_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """What `save` recorded with checkpoint `step` ({} for a checkpoint saved without it, or unreadable)."""
+  try:
+    custom = manager.metadata(step).custom_metadata
+  except Exception:  # noqa: BLE001  An unreadable metadata file: nothing recorded that can be used.
+    return {}
+  return dict(custom) if isinstance(custom, dict) else {}
+
+
+def saved_config(workdir: str) -> dict[str, Any] | None:
+  """The config (config.json's contents) recorded with the newest checkpoint in `workdir` that has one."""
+  if not directory(workdir).is_dir():
+    return None
+  manager = make_manager(workdir, read_only=True)
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      config = step_metadata(manager, step).get(CONFIG)
+      if isinstance(config, dict):
+        logging.info("The run's config.json is missing: using the config saved with checkpoint %d.", step)
+        return config
+  finally:
+    manager.close()
+  return None
 
 
 def abstract_state(init_fn: Callable[[], Any], sharding: Sharding) -> Any:
@@ -238,6 +291,38 @@ if not getattr(sys.unraisablehook, "perceiver_jax_filter", False):
   sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
 
 
+class _OrbaxTracebacks:
+  """A filter of absl's logger: orbax's error lines keep their message, not their traceback.
+
+  orbax logs the error of a failed background save with its traceback from each thread that sees it (5
+  tracebacks for one full disk); the same error reaches the train loop, which ends in one line (its
+  traceback with --verbose).
+  """
+
+  def filter(self, record) -> bool:
+    if record.exc_info and f"{os.sep}orbax{os.sep}" in (record.pathname or ""):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+_absl_logger = std_logging.getLogger("absl")
+if not any(isinstance(f, _OrbaxTracebacks) for f in _absl_logger.filters):
+  _absl_logger.addFilter(_OrbaxTracebacks())
+
+
+def disk_full(error: BaseException) -> bool:
+  """Whether `error` (or what caused it) is a full disk or quota (orbax's RESOURCE_EXHAUSTED, ENOSPC)."""
+  while error is not None:
+    text = str(error).lower()
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    # tensorstore's write errors; not XLA's "RESOURCE_EXHAUSTED: Out of memory" of a device.
+    if "resource_exhausted" in text and "writ" in text and "out of memory" not in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 class _QuietAsyncio:
   """Keeps orbax's asyncio noise of a failed restore (hundreds of "Event loop is closed") off the log.
 
@@ -274,27 +359,34 @@ def restore_latest(
   """
   moved = False
   for step in sorted(manager.all_steps() if steps is None else steps, reverse=True):
-    state, error = None, _layout_error(manager, step)
+    state, error, what = None, _layout_error(manager, step), "unreadable"
     if error is None:
       try:
         with _QuietAsyncio():
           state = manager.restore(step, args=ocp.args.StandardRestore(target))
       except Exception as e:  # noqa: BLE001  Whatever went wrong, the previous checkpoint may be fine.
-        error = f"{type(e).__name__}: {str(e)[:300]}"
+        error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"  # One line.
         mismatch = _mismatch(manager, step, target)
         if mismatch:  # Every process reads the same metadata, so all of them raise.
           raise CheckpointMismatch(
             f"The checkpoint of step {step} in {manager.directory} holds another train state than this "
             f"config builds ({mismatch}); train this config into a new workdir."
           ) from e
+    if error is None:
+      recorded = step_metadata(manager, step).get(CHECKSUM)
+      read = state_checksum(state) if recorded else None
+      if recorded and read != recorded:
+        state, what = None, "damaged"
+        error = f"its arrays read back with sha256 {read[:12]}..., saved with {str(recorded)[:12]}..."
     if all_processes(error is None):
       if moved:
         manager.reload()
       return state, step
     logging.warning(
-      "Checkpoint of step %d in %s is unreadable (%s); %s.",
+      "Checkpoint of step %d in %s is %s (%s); %s.",
       step,
       manager.directory,
+      what,
       error or "another process failed to read it",
       "moving it aside and trying the previous one" if move_aside_corrupt else "trying the previous one",
     )
@@ -307,19 +399,29 @@ def restore_latest(
 
 
 class PreemptionWatcher:
-  """Turns SIGTERM into a request to save and stop at a step boundary that every process agrees on.
+  """Turns SIGTERM (and Ctrl-C) into a request to save and stop at a step boundary every process agrees on.
 
-  Use as a context manager around the train loop and call `stop_requested(step)` at every step boundary on
-  every process. A single process handles the signal itself (the previous handler is restored on exit)
-  and stops at the boundary after it. Several processes leave SIGTERM to JAX's coordination service
-  (`jax.distributed` installs its preemption notifier): a notice on any process starts the service's
-  sync protocol, and `multihost_utils.reached_preemption_sync_point` turns True on every process at the
-  same step, with no device work or host fetch added to the steps.
+  Use as a context manager around the train loop and the wait for its last save, and call
+  `stop_requested(step)` at every step boundary on every process. A single process handles SIGTERM and
+  SIGINT itself until the context exits (the previous handlers are restored then): the first one stops
+  the run at the next step boundary, later ones only log that the save goes on, so that a cluster that
+  signals twice cannot kill a checkpoint half-written (SIGKILL aside). Several processes leave SIGTERM to
+  JAX's coordination service (`jax.distributed` installs its preemption notifier): a notice on any
+  process starts the service's sync protocol, and `multihost_utils.reached_preemption_sync_point` turns
+  True on every process at the same step, with no device work or host fetch added to the steps.
   """
 
-  def __init__(self, mesh: Mesh | None = None, signals: Sequence[int] = (signal.SIGTERM,)):
+  def __init__(
+    self,
+    mesh: Mesh | None = None,
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+    hold_after_stop: bool = False,
+  ):
+    """`hold_after_stop`: after a stop by a signal, leave the SIGTERM handler (which only logs) in place, for
+    a process that ends with the run: a later SIGTERM would otherwise kill it (status -15) mid-exit."""
     del mesh  # The agreement goes through the coordination service, not the devices.
     self._signals = tuple(signals)
+    self._hold, self._signalled = hold_after_stop, False
     self._received = threading.Event()
     self._previous: dict[int, Any] = {}
     self._calls = 0
@@ -332,26 +434,33 @@ class PreemptionWatcher:
 
   def _handle(self, signum, frame) -> None:
     del frame
+    name = signal.Signals(signum).name
     if not self._received.is_set():
+      logging.warning("Received %s: saving a checkpoint at the next step boundary, then stopping.", name)
+    else:
       logging.warning(
-        "Received %s: saving a checkpoint at the next step boundary, then stopping.",
-        signal.Signals(signum).name,
+        "Received %s again: still saving the checkpoint, then stopping (kill -9 stops at once, unsaved).",
+        name,
       )
+    self._signalled = True
     self._received.set()
 
   def __enter__(self) -> PreemptionWatcher:
+    mine = self._signals
     if self._service:
       logging.info("SIGTERM on any process stops all of them at one step (JAX's preemption sync).")
-    elif threading.current_thread() is threading.main_thread():
-      for s in self._signals:
+      mine = ()  # Ctrl-C of one process of several: KeyboardInterrupt, the others stop on its absence.
+    if mine and threading.current_thread() is threading.main_thread():
+      for s in mine:
         self._previous[s] = signal.signal(s, self._handle)
-    else:
+    elif mine:
       logging.warning("The train loop runs outside the main thread: preemption signals go unnoticed.")
     return self
 
   def __exit__(self, *exc_info) -> None:
     for s, handler in self._previous.items():
-      signal.signal(s, handler)
+      if not (self._hold and self._signalled and s == signal.SIGTERM):
+        signal.signal(s, handler)
     self._previous = {}
 
   def request_stop(self) -> None:

@@ -168,17 +168,20 @@ def _flat(tree, prefix: str = "") -> dict:
   return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}.{key}".lstrip(".")).items()}
 
 
-def check_same_config(config, timeout_s: int = 300) -> None:
-  """Stops every process at once (exit status 1) when the processes' resolved configs differ.
+def check_same_config(config, timeout_s: int = 300, flags: dict | None = None) -> None:
+  """Stops every process at once (exit status 1) when the processes' resolved configs or `flags` differ.
 
   Each process publishes its config in the coordination service's key-value store, and every process
   compares all of them with process 0's, so all reach the same verdict and the message names the fields.
+  `flags` ({'--workdir': ..., ...}) are the other values the processes of one run must share: with
+  different workdirs each would wait for the others at the first save, silently, for orbax's 20 minutes.
   A single-process run has nothing to compare.
   """
   if jax.process_count() == 1:
     return
   client = jax._src.distributed.global_state.client  # noqa: SLF001  The coordination service's client.
-  text = json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
+  tree = json.loads(config.to_json_best_effort()) if config is not None else {}
+  text = json.dumps({**tree, **(flags or {})}, sort_keys=True)
   digest = hashlib.sha256(text.encode()).hexdigest()
   me, count = jax.process_index(), jax.process_count()
   client.key_value_set(f"{_CONFIG_KEY}/hash/{me}", digest)

@@ -6,14 +6,19 @@ never a part. metrics.jsonl is rewritten whole at each write as well (object sto
 last line torn anyway (a full disk, a copy cut short) is dropped with a warning when it is read. A file
 that cannot be read raises `RunFileError` naming it.
 
-The lock (`workdir/lock`, JSON {host, pid}) keeps a second run out of a busy workdir. One process takes
-it (process 0 in a multi-process run); a lock left by a dead process on the same host is taken over.
+The lock (`workdir/lock`, JSON {host, pid, boot_id, start_time}) keeps a second run out of a busy
+workdir. One process takes it (process 0 in a multi-process run); a lock left by a dead process on the
+same host is taken over. A holder is alive when a process of its pid runs with its start time (field 22 of
+/proc/<pid>/stat, clock ticks since boot) since the same boot (/proc/sys/kernel/random/boot_id): a pid
+alone is not enough, as a container restarted in a fresh PID namespace runs as pid 1 again, and so was
+its dead predecessor.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -63,8 +68,17 @@ def write_text(path: epath.PathLike, text: str) -> None:
   """Writes `text` to `path` whole: a temporary file beside it, renamed over it."""
   path = epath.Path(path)
   tmp = path.parent / f".{path.name}.tmp.{os.getpid()}"
-  tmp.write_text(text)
-  tmp.replace(path)
+  try:
+    tmp.write_text(text)
+    tmp.replace(path)
+  except OSError as e:  # A full disk or a read-only mount: leave no temporary file behind, name the file.
+    try:
+      tmp.unlink(missing_ok=True)
+    except OSError:
+      pass
+    raise RunFileError(
+      f"Cannot write {path} ({type(e).__name__}: {e}); free space or fix the workdir."
+    ) from e
 
 
 def write_json(path: epath.PathLike, value: Any) -> None:
@@ -165,6 +179,32 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _boot_id() -> str | None:
+  try:
+    return pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+  except OSError:
+    return None
+
+
+def _start_time(pid: int) -> int | None:
+  """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot (None: unknown)."""
+  try:
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[19])  # The name, in parentheses, may hold spaces.
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _holder_alive(holder: Mapping[str, Any], me: Mapping[str, Any]) -> bool:
+  """Whether the holder of a lock written on this host still runs (see the module docstring)."""
+  pid = int(holder["pid"])
+  if holder.get("boot_id") and me.get("boot_id") and holder["boot_id"] != me["boot_id"]:
+    return False  # The machine rebooted since: every process of that boot is gone.
+  if holder.get("start_time") is not None and me.get("start_time") is not None:
+    return _start_time(pid) == holder["start_time"]
+  return _alive(pid) and pid != me["pid"]  # A lock of an older version: the pid is all there is.
+
+
 class WorkdirLock:
   """`workdir/lock` held while a run trains there; a context manager.
 
@@ -174,7 +214,13 @@ class WorkdirLock:
 
   def __init__(self, workdir: epath.PathLike):
     self.path = epath.Path(workdir) / LOCK
-    self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    pid = os.getpid()
+    self.owner = {
+      "host": socket.gethostname(),
+      "pid": pid,
+      "boot_id": _boot_id(),
+      "start_time": _start_time(pid),
+    }
     self._held = False
 
   def _create(self) -> bool:
@@ -205,7 +251,7 @@ class WorkdirLock:
         continue  # Released meanwhile.
       except (ValueError, KeyError, TypeError, OSError):
         holder, host, pid = None, None, None
-      if holder is not None and (host != self.owner["host"] or _alive(pid)):
+      if holder is not None and (host != self.owner["host"] or _holder_alive(holder, self.owner)):
         raise WorkdirBusy(
           f"The workdir {self.path.parent} is in use by the run of pid {pid} on host {host} (its lock "
           f"{self.path}); wait for it to end, or train into another workdir. If that process is gone "

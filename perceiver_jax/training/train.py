@@ -27,6 +27,7 @@ import optax
 from absl import logging
 from etils import epath
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
 from perceiver_jax import data
@@ -304,15 +305,17 @@ def check_resume(
   and checkpoint intervals); other changes raise ConfigChangeRefused listing them, unless
   `accept_config_change`. Every change is recorded in the returned JSON's `config_changes` list.
 
+  Without config.json, the config saved with the newest checkpoint is checked against instead.
+
   Raises:
     ConfigChangeRefused: the config changes the experiment and the change is not accepted.
     run_files.RunFileError: the workdir's config.json cannot be read.
   """
   new = json.loads(config.to_json_best_effort())
   path = epath.Path(workdir) / run_files.CONFIG
-  if not path.exists():
+  old = run_files.read_json(path) if path.exists() else checkpoint.saved_config(workdir)
+  if old is None:
     return new
-  old = run_files.read_json(path)
   if not isinstance(old, dict):
     raise run_files.RunFileError(f"{path} holds no config (a JSON {type(old).__name__}); restore it.")
   changes = run_files.config_diff(old, new)
@@ -398,6 +401,7 @@ def train_and_evaluate(
   workdir: str,
   tensorboard: bool = True,
   accept_config_change: bool = False,
+  hold_sigterm: bool = False,
 ) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint, then evaluates.
 
@@ -410,6 +414,8 @@ def train_and_evaluate(
   Before anything in `workdir` is written: a resume whose config changes the experiment is refused
   (`check_resume`; `accept_config_change` lets it go on, recorded in config.json), and a workdir in use
   by another live run is refused (`run_files.WorkdirLock`, held by process 0 until this returns).
+  `hold_sigterm` (for entry points, whose process ends with the run): after a stop by SIGTERM, later ones
+  stay harmless (`checkpoint.PreemptionWatcher(hold_after_stop=True)`).
   """
   trainer = Trainer(config)
   every, keep = config.checkpoint.every, config.checkpoint.keep
@@ -420,6 +426,10 @@ def train_and_evaluate(
       f"The workdir {workdir} is a file; pass a directory (new or a run's) as --workdir."
     )
   is_lead = jax.process_index() == 0
+  # The restore target: tracing the model's init checks the model's values before the workdir is touched.
+  target = checkpoint.abstract_state(
+    functools.partial(init_state, config, trainer.model, trainer.optimizer), parallel.replicated(trainer.mesh)
+  )
   # Process 0 reads the workdir and takes its lock; every process learns whether that worked, so that all
   # of them stop before anything in the workdir is written.
   config_json, lock, error = None, run_files.WorkdirLock(workdir), None
@@ -431,20 +441,57 @@ def train_and_evaluate(
       error = e
   if not checkpoint.all_processes(error is None):
     raise error or RuntimeError(f"Process 0 could not start the run in {workdir}; see its log.")
-  try:
-    writer = MetricWriter(workdir, tensorboard=tensorboard)  # Reads metrics.jsonl: fails before writing.
-    manager = checkpoint.make_manager(workdir, keep)
+  # The watcher spans the wait for the last save and the lock's release: a second SIGTERM (or Ctrl-C)
+  # meanwhile is logged, and cannot kill the save the way the default handler would.
+  with checkpoint.PreemptionWatcher(hold_after_stop=hold_sigterm) as watcher:
     try:
-      with checkpoint.PreemptionWatcher() as watcher:
-        return _train(trainer, workdir, writer, manager, watcher, config_json)
+      writer = MetricWriter(workdir, tensorboard=tensorboard)  # Reads metrics.jsonl: fails before writing.
+      manager = checkpoint.make_manager(workdir, keep)
+      try:
+        try:
+          return _train(trainer, workdir, writer, manager, watcher, config_json, target)
+        finally:
+          manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
+          writer.close()
+      except Exception as e:
+        if not checkpoint.disk_full(e):
+          raise
+        raise OSError(
+          f"The disk of {workdir} is full ({' '.join(str(e).split())[:160]}); free space and run again: it "
+          "resumes from the newest whole checkpoint."
+        ) from e
     finally:
-      manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
-      writer.close()
-  finally:
-    lock.release()
+      lock.release()
 
 
-def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json) -> dict[str, Any]:
+def _unlogged(fetched: list[dict[str, Any]]) -> list[dict[str, list]]:
+  """The fetched, not yet logged metrics as JSON: [{name: [value, dtype]}], values exact."""
+  return [{k: [float(v), np.asarray(v).dtype.str] for k, v in m.items()} for m in fetched]
+
+
+def _lead_says(value: bool) -> bool:
+  """Process 0's `value`, on every process (a collective when there are several)."""
+  if jax.process_count() == 1:
+    return value
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def _evaluate_and_log(trainer: Trainer, train_state, step: int, writer, history) -> dict[str, Any]:
+  eval_metrics = trainer.evaluate(train_state)
+  writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+  history.append({"step": step, **eval_metrics})
+  logging.info(
+    "eval at step %d: top1 %.4f top5 %.4f loss %.4f over %d examples",
+    step,
+    eval_metrics["top1"],
+    eval_metrics["top5"],
+    eval_metrics["loss"],
+    eval_metrics["count"],
+  )
+  return eval_metrics
+
+
+def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json, target) -> dict[str, Any]:
   config, t, total = trainer.config, trainer.config.train, trainer.total_steps
   is_lead = jax.process_index() == 0
   logging.info(
@@ -456,24 +503,38 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
     jax.device_count(),
     jax.process_count(),
   )
-  target = checkpoint.abstract_state(
-    functools.partial(init_state, config, trainer.model, trainer.optimizer), parallel.replicated(trainer.mesh)
-  )
   train_state, start = checkpoint.restore_latest(manager, target, move_aside_corrupt=True)
+  if start is not None and start > total:  # Before config.json is written: the run stays as it was.
+    raise ValueError(
+      f"The run in {workdir} has trained {start} steps, more than this config's {total} "
+      f"(train.num_steps={t.num_steps}, train.num_epochs={t.num_epochs}); evaluate it with "
+      "experiments/evaluate.py, resume it with at least as many steps, or train into a new workdir."
+    )
   if is_lead:  # After the restore: a checkpoint of another shape (CheckpointMismatch) leaves config.json be.
     run_files.write_json(epath.Path(workdir) / run_files.CONFIG, config_json)
+  fetched = []  # Metrics on the host, not yet logged.
   if train_state is None:
     train_state, start = trainer.init(), 0
   else:
     logging.info("Resuming from the checkpoint of step %d in %s.", start, manager.directory)
+    # The metrics of the steps since the last log line, saved with the checkpoint: the next log line
+    # averages the same steps as an uninterrupted run's.
+    saved = checkpoint.step_metadata(manager, start).get(checkpoint.UNLOGGED) or []
+    fetched = [{k: np.asarray(v, dtype) for k, (v, dtype) in m.items()} for m in saved]
   history = writer.keep_until(start)
   num_params = count_params(train_state.params)
   logging.info("Parameters: %d", num_params)
   batches = parallel.prefetch(data.train_batches(config, start_step=start), trainer.mesh)
 
-  pending, fetched = [], []  # (step, metrics) on the devices; metrics on the host, not yet logged.
+  pending = []  # (step, metrics) on the devices.
   tick, tick_step, run_start = time.perf_counter(), start, time.perf_counter()
   eval_metrics = None
+  if start and (start % t.eval_every == 0 or start == total):
+    # The eval due at the restored step: logged before the run stopped, or run now (a run stopped by a
+    # signal or killed during that eval), so that metrics.jsonl and the history hold it once.
+    # Process 0 alone reads metrics.jsonl; every process follows its verdict (evaluating is collective).
+    if not _lead_says(any(h["step"] == start for h in history)):
+      eval_metrics = _evaluate_and_log(trainer, train_state, start, writer, history)
   profiler = _StepProfiler(workdir, t.profile_steps, start, total)
   for step in range(start + 1, total + 1):
     profiler.before(step)
@@ -512,9 +573,13 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
         (total - step) / max(steps_per_s, 1e-9),
       )
     if save:
-      checkpoint.save(manager, step, train_state)
+      metadata = {checkpoint.UNLOGGED: _unlogged(fetched)}
+      if config_json is not None:
+        metadata[checkpoint.CONFIG] = config_json
+      checkpoint.save(manager, step, train_state, metadata)
     if stop:
       profiler.close()
+      manager.wait_until_finished()  # "saved" only once it is.
       logging.warning(
         "Preempted: saved the checkpoint of step %d in %s and stopped; run again to resume.",
         step,
@@ -522,17 +587,7 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
       )
       return {"preempted": True, "step": step, "params": num_params}
     if step % t.eval_every == 0 or step == total:
-      eval_metrics = trainer.evaluate(train_state)
-      writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-      history.append({"step": step, **eval_metrics})
-      logging.info(
-        "eval at step %d: top1 %.4f top5 %.4f loss %.4f over %d examples",
-        step,
-        eval_metrics["top1"],
-        eval_metrics["top5"],
-        eval_metrics["loss"],
-        eval_metrics["count"],
-      )
+      eval_metrics = _evaluate_and_log(trainer, train_state, step, writer, history)
 
   if eval_metrics is None:  # Nothing left to train: evaluate what was restored.
     eval_metrics = trainer.evaluate(train_state)
@@ -583,14 +638,29 @@ def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = 
   available = list(manager.all_steps()) if manager else []
   if step is not None and step not in available:
     raise FileNotFoundError(f"No checkpoint of step {step} in {workdir}; it has steps {available}.")
-  state, restored = (None, None)
-  if available:
+  state, restored, tried = None, None, set()
+  while manager and set(available) - tried:
     state, restored = checkpoint.restore_latest(manager, target, steps=None if step is None else [step])
+    if state is not None or step is not None:
+      break
+    # A run training meanwhile may have deleted the steps read (checkpoint.keep) and saved newer ones.
+    tried |= set(available)
+    manager.reload()
+    available = list(manager.all_steps())
+    if set(available) - tried:
+      logging.warning("New checkpoints appeared meanwhile (steps %s); trying the newest.", available)
+  if manager:
     manager.close()
   if state is None:
+    why = (
+      "none of them could be read (see the warnings above); restore them from a copy"
+      if tried or step is not None
+      else "the run has not saved one yet (it saves every config.checkpoint.every steps, at the end and "
+      "when preempted)"
+    )
     raise FileNotFoundError(
-      f"No readable checkpoint in {checkpoint.directory(workdir)} (steps found: {available}); the run "
-      "has not saved one yet (it saves every config.checkpoint.every steps, at the end and when preempted)."
+      f"No readable checkpoint in {checkpoint.directory(workdir)} (steps found: {sorted(tried) or available}"
+      f"); {why}."
     )
   return Run(config, state, restored)
 
