@@ -43,7 +43,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from perceiver_jax.data import augment
+from perceiver_jax.data import augment, spec
 
 Batch = dict[str, np.ndarray]
 
@@ -253,7 +253,7 @@ def _eval_fn(channels: int, size: int, crop_fraction: float):
 
 
 def _mixing(config: ml_collections.ConfigDict) -> bool:
-  return config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
+  return spec.mixes(config)
 
 
 @functools.lru_cache(maxsize=16)

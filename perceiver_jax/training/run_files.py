@@ -48,6 +48,7 @@ RESUMABLE_CHANGES = (
 ADDED_FIELDS = {
   "input.front_end": "image",
   "model.scan_blocks": False,
+  "task": "single_label",
 }
 
 
