@@ -67,6 +67,7 @@ def _array(what: str, entry: Mapping[str, Any]) -> tuple[jax.ShapeDtypeStruct, b
 def _described(dataset: Mapping[str, Any]) -> tuple[Inputs, Any]:
   """(inputs, masked) of one example: masked is a bool, or for a mapping the set of masked modalities."""
   entry = dataset.get("inputs")
+  entry = entry.to_dict() if hasattr(entry, "to_dict") else entry  # A ConfigDict is no Mapping.
   if entry is None:
     size, channels = dataset.get("image_size"), dataset.get("num_channels")
     if not (isinstance(size, int) and size > 0 and isinstance(channels, int) and channels > 0):

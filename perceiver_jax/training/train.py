@@ -10,6 +10,7 @@ the batch.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import pathlib
@@ -29,7 +30,7 @@ from etils import epath
 from jax import lax
 from jax.sharding import Sharding
 
-from perceiver_jax import data
+from perceiver_jax import config_args, data
 from perceiver_jax.data import spec
 from perceiver_jax.models.checks import check_positive
 from perceiver_jax.training import build, checkpoint, optim, parallel, run_files, tasks
@@ -168,7 +169,7 @@ def eval_step(
   sums = lax.psum(tasks.eval_sums(task, logits, labels, weight, num_classes), parallel.AXIS)
   if gather_scores:
     gathered = {"scores": tasks.scores(task, logits), "label": labels, "eval_mask": batch["eval_mask"]}
-    sums["gathered"] = lax.all_gather(gathered, parallel.AXIS, tiled=True)  # [global batch, ...]
+    sums["gathered"] = jax.tree.map(parallel.gather, gathered)  # [global batch, ...]
   return sums
 
 
@@ -588,15 +589,47 @@ def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = 
   return Run(config, state, restored)
 
 
-def evaluate_run(workdir: str) -> dict[str, Any]:
+PREDICTIONS = "predictions.npz"
+
+
+def eval_config(workdir: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir` with `overrides` ({dotted field: value}) of run_files.EVAL_CHANGES.
+
+  Raises:
+    ValueError: an override names a field that would change the model or its data, or no field.
+  """
+  config = checkpoint.load_config(workdir)
+  for key, value in (overrides or {}).items():
+    if key not in run_files.EVAL_CHANGES:
+      allowed = ", ".join(f"--config.{k}" for k in run_files.EVAL_CHANGES)
+      raise ValueError(
+        f"--config.{key} would change the model or the data the checkpoint was trained for; evaluation "
+        f"takes only {allowed}."
+      )
+    config_args.set_path(config, key, value)
+  return config
+
+
+def evaluate_run(
+  workdir: str, overrides: dict[str, Any] | None = None, save_predictions: bool = False
+) -> dict[str, Any]:
   """Evaluates the latest checkpoint of the run in `workdir`; process 0 writes eval_results.json.
+
+  `overrides`: {dotted field: value} of run_files.EVAL_CHANGES (eval_config). `save_predictions`: process 0
+  also writes `predictions.npz` into the workdir: `scores` [N, K] and `labels` ([N] single-label, [N, K]
+  multi-label) of every eval example, each once.
 
   Raises:
     FileNotFoundError: `workdir` holds no run or no readable checkpoint.
   """
-  trainer = Trainer(checkpoint.load_config(workdir))
+  trainer = Trainer(eval_config(workdir, overrides))
   run = load_run(workdir, sharding=parallel.replicated(trainer.mesh))
-  eval_metrics = trainer.evaluate(run.state)
+  predictions = {} if save_predictions else None
+  eval_metrics = trainer.evaluate(run.state, predictions)
+  if save_predictions and jax.process_index() == 0:
+    buffer = io.BytesIO()
+    np.savez(buffer, scores=predictions["scores"], labels=predictions["labels"])
+    (epath.Path(workdir) / PREDICTIONS).write_bytes(buffer.getvalue())
   results = {
     "eval": eval_metrics,
     "step": run.step,
