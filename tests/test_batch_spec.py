@@ -167,6 +167,11 @@ def test_map_is_the_mean_over_classes_with_a_positive_of_each_column():
   assert aps[2] is None
   np.testing.assert_allclose([aps[k] for k in (0, 1, 3, 4, 5)], want, rtol=1e-12)
   assert tasks.mean_average_precision(scores, labels) == pytest.approx(np.mean(want), rel=1e-12)
+  from sklearn.metrics import average_precision_score  # Its macro mean over the classes with a positive.
+
+  kept = labels.sum(0) > 0
+  sklearn_map = average_precision_score(labels[:, kept], scores[:, kept], average="macro")
+  assert tasks.mean_average_precision(scores, labels) == pytest.approx(sklearn_map, rel=1e-12)
   with pytest.raises(ValueError, match="must both be"):
     tasks.average_precisions(scores.T, labels)  # The paper's first version's mistake cannot pass silently.
 
