@@ -73,7 +73,7 @@ def _local_example_start(first_global_index, local_batch):
 
 def init_state(config: ml_collections.ConfigDict, model: hk.TransformedWithState, optimizer) -> TrainState:
   """Initial parameters from `config.seed`, identical on every process."""
-  inputs = build.dummy_inputs(config, 1)  # [1, *input_shape]: the front end says the shape.
+  inputs = build.dummy_inputs(config, 1)  # [1, *input_shape] (or a mapping): the batch spec says the shape.
   rng = jax.random.PRNGKey(config.seed)
   init_key = jax.random.fold_in(rng, 0)
   keys = example_keys(init_key, 0, 1)
