@@ -11,12 +11,10 @@ repeat counted), matmul_ceiling_gflops (square matmuls on the same devices and d
 peak_host_mb, xla_temp_mb and, on an accelerator, peak_device_mb.
 """
 
-from ml_collections import config_flags
-
 from perceiver_jax import cli
 from perceiver_jax.tools import benchmark
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
+_CONFIG = cli.define_config_file("config", None, "Config file[:variants].")
 
 
 def main(argv: list[str]) -> None:
