@@ -21,6 +21,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model_name = "perceiver"
+  # data.spec.TASKS: "single_label" (softmax, top-1/top-5) or "multi_label" (per-class sigmoid, mAP).
+  c.task = "single_label"
   c.model = dict(
     num_classes=10,
     num_latents=128,
@@ -58,8 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name="synthetic",
     image_size=32,
     num_channels=3,
+    inputs=None,  # None: images [image_size, image_size, num_channels]; else data.spec's description.
     num_classes=10,
     num_train_examples=None,
+    num_eval_examples=256,  # The synthetic source's eval split (the benchmark times training only).
   )
   # Adam at a constant rate, as the peers' steps use.
   c.optimizer = dict(

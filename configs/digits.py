@@ -19,6 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model_name = "perceiver"
+  # data.spec.TASKS: "single_label" (softmax, top-1/top-5) or "multi_label" (per-class sigmoid, mAP).
+  c.task = "single_label"
   c.model = dict(
     num_classes=10,
     num_latents=32,
@@ -55,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     data_dir=ml_collections.config_dict.placeholder(str),
     image_size=8,
     num_channels=1,
+    inputs=None,  # None: images [image_size, image_size, num_channels]; else data.spec's description.
     num_classes=10,
     train_split="train",
     eval_split="test",

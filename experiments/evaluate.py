@@ -1,9 +1,13 @@
 """Evaluates the latest checkpoint of a run: `python experiments/evaluate.py --workdir=W`.
 
 Reads the run's config from W/config.json, writes W/eval_results.json and prints the metrics. Takes the
-same multi-process flags as experiments/train.py.
+same multi-process flags as experiments/train.py, `--config.a.b=value` for what may differ at evaluation
+(run_files.EVAL_CHANGES: the data_dir, the eval split and batch size, attention switches; anything that
+would change the model is refused in one line), and `--save_predictions` to write W/predictions.npz
+(`scores` [N, K] and `labels` of every eval example).
 """
 
+import ast
 import json
 
 from absl import flags
@@ -13,6 +17,9 @@ from perceiver_jax.training import distributed, train
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory, as given to experiments/train.py.", required=True
+)
+_SAVE_PREDICTIONS = flags.DEFINE_bool(
+  "save_predictions", False, "Also write predictions.npz (scores and labels of every eval example)."
 )
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
@@ -24,6 +31,25 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
   "Seconds the processes of a multi-process run wait for each other at start-up.",
 )
 
+_OVERRIDES: dict = {}
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """absl's parsing of every flag but the `--config.a.b=value` overrides, which are kept for main."""
+  rest = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      key, sep, value = arg[len("--config.") :].partition("=")
+      if not sep:
+        raise ValueError(f"{arg} has no value; write --config.{key}=VALUE.")
+      try:
+        _OVERRIDES[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        _OVERRIDES[key] = value
+    else:
+      rest.append(arg)
+  return flags.FLAGS(rest)
+
 
 def main(argv):
   del argv
@@ -31,9 +57,9 @@ def main(argv):
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
   distributed.check_same_config(None, flags={"--workdir": _WORKDIR.value})
-  results = train.evaluate_run(_WORKDIR.value)
+  results = train.evaluate_run(_WORKDIR.value, _OVERRIDES, save_predictions=_SAVE_PREDICTIONS.value)
   print(json.dumps(results, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, parse=_parse)

@@ -6,7 +6,6 @@ Rerunning skips finished runs. `--extra=num_steps=20 --seeds=0` makes a quick sm
 are cached in `<workdir>/jax_cache`, so the second and third seeds of a row skip most of the compiling.
 """
 
-import importlib.util
 import os
 import pathlib
 
@@ -14,7 +13,7 @@ import jax
 from absl import flags
 from etils import epath
 
-from perceiver_jax import cli
+from perceiver_jax import cli, config_args
 from perceiver_jax.tools import reproduce, tables
 
 _CONFIGS = {"digits": "digits.py"}
@@ -28,10 +27,7 @@ flags.mark_flag_as_required("workdir")
 
 def _get_config(suite):
   path = pathlib.Path(__file__).resolve().parents[1] / "configs" / _CONFIGS[suite]
-  spec = importlib.util.spec_from_file_location(f"configs_{suite}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config
+  return config_args.config_module(str(path)).get_config
 
 
 def main(argv):

@@ -17,7 +17,7 @@ from absl import flags, logging
 from etils import epath
 
 from perceiver_jax import cli
-from perceiver_jax.training import distributed, train
+from perceiver_jax.training import distributed, tasks, train
 
 _DEFAULT_CONFIG = os.fspath(pathlib.Path(__file__).parent / ".." / "configs" / "digits.py")
 _CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "Config file[:variants].")
@@ -66,7 +66,7 @@ def main(argv):
     return
   logging.info("Results in %s: %s", workdir, results["eval"])
   print(
-    f"eval top1 {results['eval']['top1']:.4f} top5 {results['eval']['top5']:.4f} "
+    f"eval {tasks.describe(results['eval'])} "
     f"after {results['step']} steps ({results['train_seconds']:.0f} s); results in {workdir}/results.json"
   )
 

@@ -39,15 +39,9 @@ def _config_key_message(argv: Sequence[str], error: Exception) -> str | None:
 
 def _load_config(argv: Sequence[str], name: str, default: str):
   """The config `--<name>=path[:arg]` in argv (else `default`) names, without its overrides, or None."""
-  import importlib.util
-
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), default)
-  path, _, arg = spec.partition(":")
   try:
-    module_spec = importlib.util.spec_from_file_location("cli_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(*([arg] if arg else []))
+    return config_args.load(spec)
   except Exception:  # noqa: BLE001  Then the message goes without the nearest fields.
     return None
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib.util
+import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -95,3 +97,33 @@ def apply_arg(
     set_path(config, key, value)
   config.config_arg = arg or ""
   return config
+
+
+def config_module(path: str):
+  """The config file at `path` (a local .py file defining `get_config(arg=None)`), imported by path.
+
+  The one way this codebase loads a config by path (experiments, scripts, tools, tests); entry points with a
+  `--config` flag go through `cli.define_config_file`, whose errors are one line.
+
+  Raises:
+    FileNotFoundError: no such file.
+  """
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"Config file {path!r} does not exist.")
+  spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load(config: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """The config `path[:arg]` names (`arg`: variant words and key=value pairs), then `overrides` applied.
+
+  Raises:
+    FileNotFoundError: no such file. ValueError: an unknown variant word or field.
+  """
+  path, _, arg = config.partition(":")
+  built = config_module(path).get_config(arg or None)
+  for key, value in (overrides or {}).items():
+    set_path(built, key, value)
+  return built

@@ -84,7 +84,8 @@ def run_pair(mode: str, config: str, workdir: pathlib.Path) -> float:
     if p.returncode:
       sys.exit(f"error: a {mode} process failed:\n{err[-2000:]}")
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  rates = [m["images_per_s"] for m in lines if "images_per_s" in m][1:]
+  # examples_per_s; runs logged before the task-neutral name have images_per_s.
+  rates = [m.get("examples_per_s", m.get("images_per_s")) for m in lines if "grad_norm" in m][1:]
   if not rates:
     sys.exit("error: the run logged images/s once or never; give it more steps than 2 x train.log_every.")
   return statistics.median(rates)

@@ -24,12 +24,11 @@ import time
 
 import tensorflow as tf  # noqa: F401  Imported before any timing: the import alone takes seconds.
 from absl import flags
-from ml_collections import config_flags
 
 from perceiver_jax import cli, data
 from perceiver_jax.data import tfds_input
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet.py:runlocal.")
+_CONFIG = cli.define_config_file("config", None, "Config file, e.g. configs/imagenet.py:runlocal.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 20, "Batches timed, per pipeline.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Batches pulled before timing (pipeline start, buffers).")
 _FAKE = flags.DEFINE_integer("fake_images_per_class", 0, "If > 0, measure on a fake ImageNet of this size.")

@@ -7,12 +7,10 @@ GFLOPs follow the paper: 2 x multiply-adds of the matrix products, every layer c
 
 import json
 
-from ml_collections import config_flags
-
 from perceiver_jax import cli
 from perceiver_jax.tools import flops
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
+_CONFIG = cli.define_config_file("config", None, "Config file[:variants].")
 
 
 def main(argv):

@@ -19,10 +19,11 @@ from absl import app, flags
 from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from ml_collections import config_flags
 from PIL import Image
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet.py.")
+from perceiver_jax import cli
+
+_CONFIG = cli.define_config_file("config", None, "Config file, e.g. configs/imagenet.py.")
 _IMAGE = flags.DEFINE_string("image", None, "A JPEG or PNG photograph (default: scikit-learn's china.jpg).")
 _OTHER = flags.DEFINE_string("other", None, "The photograph mixed in (default: scikit-learn's flower.jpg).")
 _ROWS = flags.DEFINE_integer("rows", 3, "Rows of plain augmentations.", lower_bound=1)
@@ -136,4 +137,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

@@ -23,7 +23,6 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # The CPU backend only: with the installed libtpu's plugin loaded (no TPU here) jax.profiler segfaults.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -37,11 +36,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, arg: str | None = None):
-  """`configs/<name>.py`'s get_config(arg), loaded by path as config_flags does."""
-  spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """`configs/<name>.py`'s get_config(arg), loaded by path (config_args.config_module)."""
+  from perceiver_jax import config_args
+
+  return config_args.config_module(str(ROOT / "configs" / f"{name}.py")).get_config(arg)
 
 
 @pytest.fixture

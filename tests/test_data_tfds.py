@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from perceiver_jax import data
-from perceiver_jax.data import augment, tfds_input
+from perceiver_jax.data import augment, spec, tfds_input
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL = 12, 7
@@ -185,11 +185,14 @@ def test_mixup_cutmix_soft_labels_and_resume(fake_imagenet):
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["label"], b["label"])
   for batch in from_zero:
+    spec.check_batch(batch, spec.batch_spec(config, 8, "train"))  # The batch spec's soft labels.
     assert batch["label"].shape == (8, 1000) and batch["label"].dtype == np.float32
     np.testing.assert_allclose(batch["label"].sum(axis=1), 1.0, rtol=1e-5)
     assert set(np.nonzero(batch["label"].sum(axis=0))[0]) <= {0, 59, 230}
   # Eval has no mixing: the same int labels and images with MixUp and CutMix on or off.
   mixed_config_evals = list(tfds_input.eval_batches(config))
+  for batch in mixed_config_evals:
+    spec.check_batch(batch, spec.batch_spec(config, 8, "eval"))
   config.augment.mixup_alpha = config.augment.cutmix_alpha = 0.0
   for a, b in zip(mixed_config_evals, tfds_input.eval_batches(config), strict=True):
     assert a["label"].dtype == np.int32

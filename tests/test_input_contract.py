@@ -26,12 +26,6 @@ NUM_TRAIN, NUM_EVAL = 2048, 200
 class SequenceFrontEnd(hk.Module):
   """Sequences [B, M, C] -> tokens [B, M, C + P]: the values, then Fourier features of the position."""
 
-  input_dtype = jnp.float32
-
-  @staticmethod
-  def input_shape(dataset):
-    return dataset["max_length"], dataset["num_channels"]
-
   def __init__(self, input_shape, num_bands: int = 4, name=None):
     super().__init__(name=name)
     self.length, self.num_bands = input_shape[0], num_bands
@@ -95,7 +89,10 @@ def toy(monkeypatch, config_loader):
   config.input = ml_collections.ConfigDict(dict(front_end=NAME, num_bands=4))
   config.dataset = ml_collections.ConfigDict(
     dict(
-      name=NAME, max_length=MAX_LENGTH, num_channels=CHANNELS, num_classes=CLASSES, num_train_examples=None
+      name=NAME,
+      inputs=dict(shape=(MAX_LENGTH, CHANNELS), dtype="float32", masked=True),  # The batch spec's.
+      num_classes=CLASSES,
+      num_train_examples=None,
     )
   )
   config.model.update(

@@ -241,10 +241,10 @@ def test_benchmark_tool_prints_every_field_and_bfloat16_training_stays_finite(co
   # logits start at log(10).
   assert np.isfinite(printed["loss"]) and 0 < printed["loss"] < 1.5 * np.log(10)
   assert printed["step_s"] > 0 and printed["compile_s"] > 0 and printed["matmul_ceiling_gflops"] > 0
-  assert printed["images_per_s"] == pytest.approx(printed["batch"] / printed["step_s"])
+  assert printed["examples_per_s"] == pytest.approx(printed["batch"] / printed["step_s"])
   model = flops.perceiver_forward_flops(config.model, 8 * 8, 3 + 2 * (2 * 4 + 1))
   assert printed["model_gflops_per_image"] == pytest.approx(3 * model / 1e9)
-  achieved = printed["images_per_s"] * printed["model_gflops_per_image"]
+  achieved = printed["examples_per_s"] * printed["model_gflops_per_image"]
   # mfu pairs every step with the matmul timed right after it (a median of ratios), so it equals the ratio
   # of the medians only when the machine's speed holds still between steps: close, not exact.
   assert printed["mfu"] == pytest.approx(achieved / printed["matmul_ceiling_gflops"], rel=0.3)

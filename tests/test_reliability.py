@@ -86,8 +86,8 @@ def test_missing_item_directory_and_torn_metrics_line_resume_bit_identical(refer
   expected = [json.loads(line) for line in whole.splitlines()]
   assert [r["step"] for r in logged] == [r["step"] for r in expected] == [4, 8, 12, 12]
   for got, want in zip(logged, expected, strict=True):
-    assert {k: v for k, v in got.items() if k != "images_per_s"} == {
-      k: v for k, v in want.items() if k != "images_per_s"
+    assert {k: v for k, v in got.items() if k != "examples_per_s"} == {
+      k: v for k, v in want.items() if k != "examples_per_s"
     }
   unreadable = [r for r in caplog.records if "is unreadable" in r.getMessage()]
   assert len(unreadable) == 1 and "12/default is missing" in unreadable[0].getMessage()

@@ -301,3 +301,22 @@ def test_suite_runs_validate_names():
     ("vit/permuted/seed4", "reproduce,vit,permuted,seed=4,num_steps=5"),
     ("vit/random/seed4", "reproduce,vit,permuted_random,seed=4,num_steps=5"),
   ]
+
+
+def test_multi_label_runs_load_but_fill_no_top1_cell_and_old_runs_with_images_per_s_still_do(tmp_path):
+  root = str(tmp_path)
+  old = make_run(root, "old", "resnet", top1=0.9, params=1_233_578)
+  with open(os.path.join(old, "metrics.jsonl"), "a") as f:  # Logged before examples_per_s.
+    f.write(json.dumps({"step": 100, "train_loss": 1.0, "images_per_s": 50.0}) + "\n")
+  multi = make_run(root, "multi", "resnet", params=1_233_578)
+  with open(os.path.join(multi, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(multi, "config.json"), "w") as f:
+    json.dump(dict(config, task="multi_label"), f)
+  with open(os.path.join(multi, "results.json"), "w") as f:
+    json.dump({"eval": {"mAP": 0.3, "loss": 0.5, "count": 10}, "step": 100, "params": 1_233_578}, f)
+  runs = tables.find_runs([root])
+  assert [r.task for r in runs] == ["multi_label", "single_label"]  # Both load (sorted by path).
+  [(_, _, table1, _), _] = tables.report(runs, FAKE_GFLOPS)
+  [row] = [line for line in table1.splitlines() if line.startswith("| ResNet-50 (FF)")]
+  assert row.split(" | ")[2] == "90.0"  # The old single-label run alone (two runs would show n=2).

@@ -1,24 +1,28 @@
 """Input pipelines: host-side numpy batches for this process's share of every global batch.
 
-The batch contract, the same for every modality (b = global batch size / process count):
-- `'inputs'`: [b, *input_shape], what the configured front end takes (`config.input.front_end`; images:
-  float32 [b, H, W, C]); `training.build.input_spec(config)` gives one example's shape and dtype.
-- `'input_mask'` (optional): bool [b, *input_shape[:-1]], one flag per input position, False for padding
-  (e.g. the tail of a variable-length sequence); the front end and the model leave padding out.
-- `'label'`: int32 [b] (float32 [b, num_classes] soft labels under MixUp/CutMix, where each of the b
-  examples is made of two images read, `images_per_example`).
+What a batch is, for a config, is said once by the batch spec (`spec.batch_spec(config, b, split)`: shapes
+and dtypes, b = global batch size / process count for a source's batches):
+- `'inputs'`: [b, *shape] as `config.dataset.inputs` describes one example (None: an image float32
+  [b, H, W, C] from `dataset.image_size` and `num_channels`), or a mapping modality -> array;
+- `'input_mask'` (only where the inputs are `masked`): bool [b, *shape[:-1]], one flag per input position,
+  False for padding (e.g. the tail of a variable-length sequence); a mapping (its masked modalities) for
+  a mapping of inputs. The front end and the model leave padding out;
+- `'label'`: int32 [b] class indices; float32 [b, num_classes] soft labels when training mixes examples
+  (MixUp/CutMix, `spec.mixes`; each of the b examples is then made of two images read,
+  `images_per_example`), and multi-hot labels for `config.task='multi_label'`;
 - eval batches only, `'eval_mask'`: bool [b], False for padding *examples*, which fill the last batch; they
   are left out of every metric, so every example is counted exactly once across all processes, and every
   process yields the same number of batches.
 
-Every source gives three functions, chosen by `config.dataset.name` in `SOURCES`:
+Every source gives three functions, chosen by `config.dataset.name` in `SOURCES`, and yields batches of
+exactly the spec (tests/test_batch_spec.py checks each):
 - `train_batches(config, start_step=0)` yields train batches forever. The batch for step s depends only
   on (config.seed, s), so a resumed run sees exactly the data an uninterrupted run would.
 - `eval_batches(config)` yields the eval split once, with `eval_mask`.
 - `num_examples(config, split)`: examples in `split` ('train' or 'eval').
 A new dataset is a module with these three functions and a line in `SOURCES`. Any name not there is a
-TFDS dataset (tfds_input). This package never imports the model: position features and permutations are
-the front end's.
+TFDS dataset (tfds_input). `synthetic` serves any config from its spec (benchmarks, compile checks, toy
+runs). This package never imports the model: position features and permutations are the front end's.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from types import ModuleType
 import ml_collections
 import numpy as np
 
+from perceiver_jax.data import spec
+
 Batch = dict[str, np.ndarray]
 
 
@@ -36,6 +42,12 @@ def _digits() -> ModuleType:
   from perceiver_jax.data import digits
 
   return digits
+
+
+def _synthetic() -> ModuleType:
+  from perceiver_jax.data import synthetic
+
+  return synthetic
 
 
 def _tfds() -> ModuleType:
@@ -48,6 +60,7 @@ def _tfds() -> ModuleType:
 # functions above), so that a source's imports are paid only when it is used.
 SOURCES: dict[str, Callable[[], object]] = {
   "digits": _digits,
+  "synthetic": _synthetic,
 }
 
 
@@ -78,10 +91,7 @@ def images_per_example(config: ml_collections.ConfigDict) -> int:
   is used once, as in the official Perceiver code. An epoch (a pass over the N training images) is then
   N / (global batch size x this) steps.
   """
-  augment = config.get("augment")
-  if augment is None:
-    return 1
-  return 2 if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0 else 1
+  return 2 if spec.mixes(config) else 1
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:

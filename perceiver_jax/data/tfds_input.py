@@ -51,7 +51,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from perceiver_jax.data import augment
+from perceiver_jax.data import augment, spec
 
 Batch = dict[str, np.ndarray]
 
@@ -262,7 +262,7 @@ def _eval_fn(channels: int, size: int, crop_fraction: float):
 
 def _mixing(config: ml_collections.ConfigDict) -> bool:
   """MixUp or CutMix on: a step then reads two images per example (`data.images_per_example`)."""
-  return config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0
+  return spec.mixes(config)
 
 
 @functools.lru_cache(maxsize=16)

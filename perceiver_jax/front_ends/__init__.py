@@ -2,16 +2,17 @@
 
 `FRONT_ENDS` names every front end a config may ask for (`config.input.front_end`). A front end is a Haiku
 module class with
-- `input_shape(dataset) -> tuple[int, ...]` (a static method): the shape of one example's `inputs` as
-  the configured data source yields it, from the `config.dataset` section (a mapping);
-- `input_dtype`: the dtype of `inputs` (a class attribute);
-- `__init__(input_shape, **settings, name=None)`: `settings` are the fields of `config.input` but
-  `front_end`, by the constructor's argument names;
+- `__init__(input_shape, **settings, name=None)`: `input_shape` is one example's shape as the batch spec
+  says it (`perceiver_jax.data.spec`, from `config.dataset.inputs`; front ends consume it, the data owns
+  it); `settings` are the fields of `config.input` but `front_end`, by the constructor's argument names;
 - `__call__(inputs [B, *input_shape], *, input_mask=None, example_keys=None) -> (tokens [B, M, C],
   token_mask bool [B, M] or None)`. `input_mask` is bool [B, *input_shape[:-1]], one flag per input
   position (True: real, False: padding); the front end carries it to the tokens it makes (through any
   permutation). `example_keys` [B] are per-example keys, for per-example randomness.
 A front end may have a `grid_shape` attribute: models that need a 2-D grid (ResNet, ViT) get it.
+Inputs of several modalities (a mapping) go to `multimodal`, which composes one front end per modality
+(`config.input.modalities`: {name: {front_end, **settings}}) and pads their tokens to one width with a
+learned embedding per modality.
 A new input type is a module here and a line below, plus a data source (`perceiver_jax.data.SOURCES`).
 """
 
@@ -20,7 +21,11 @@ from __future__ import annotations
 import haiku as hk
 
 from perceiver_jax.front_ends.images import ImageFrontEnd
+from perceiver_jax.front_ends.multimodal import MultimodalFrontEnd
+from perceiver_jax.front_ends.sequences import SequenceFrontEnd
 
 FRONT_ENDS: dict[str, type[hk.Module]] = {
   "image": ImageFrontEnd,
+  "multimodal": MultimodalFrontEnd,
+  "sequence": SequenceFrontEnd,
 }

@@ -11,8 +11,7 @@ features, so a model blind to token order (the Perceiver) gives the same answer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import haiku as hk
 import jax
@@ -37,18 +36,6 @@ def random_permutations(example_keys, num_tokens: int):
 
 class ImageFrontEnd(hk.Module):
   """Images [B, H, W, C] -> tokens [B, M, C + P] with M = H * W (or the resized grid's)."""
-
-  input_dtype = jnp.float32
-
-  @staticmethod
-  def input_shape(dataset: Mapping[str, Any]) -> tuple[int, int, int]:
-    """[H, W, C] of one image: square `dataset.image_size` pixels of `dataset.num_channels` channels."""
-    size, channels = dataset["image_size"], dataset["num_channels"]
-    if not (isinstance(size, int) and size > 0 and isinstance(channels, int) and channels > 0):
-      raise ValueError(
-        f"dataset.image_size={size!r} and dataset.num_channels={channels!r} must be positive integers."
-      )
-    return size, size, channels
 
   def __init__(
     self,

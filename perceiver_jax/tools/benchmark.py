@@ -1,7 +1,7 @@
 """Train-step throughput of a config: the real step (forward, backward, optimizer) on synthetic data.
 
 `run(config)` builds `train.Trainer` on all local devices, feeds one synthetic batch of the config's
-shape, and returns speed and cost figures: images/s and the median step time after warm-up, compile
+shape, and returns speed and cost figures: examples/s and the median step time after warm-up, compile
 time, the model's FLOPs in the paper's convention (3 x the analytic forward matmul FLOPs), XLA's own
 count of the step, and model-FLOPs utilisation against a large matmul measured in the same run and dtype,
 timed after every step (the machine's practical ceiling, not its datasheet peak). `main` first gives a
@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from perceiver_jax.data import synthetic
 from perceiver_jax.tools import flops
-from perceiver_jax.training import build, parallel, train
+from perceiver_jax.training import parallel, train
 
 # Backward is about twice the forward's matmuls: the usual convention for model FLOPs of a train step.
 TRAIN_FLOPS_PER_FORWARD = 3
@@ -36,7 +37,7 @@ FIELDS = (
   "cpu_count",
   "precision",
   "batch",
-  "images_per_s",
+  "examples_per_s",
   "step_s",
   "step_s_min",
   "compile_s",
@@ -77,16 +78,9 @@ def global_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> in
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch: int) -> dict[str, np.ndarray]:
-  """Uniform `inputs` [batch, *input_shape] (build.input_spec: the front end's) and int32 labels [batch].
-
-  No input_mask: every input position is real.
-  """
-  rng = np.random.default_rng(config.seed)
-  spec = build.input_spec(config)
-  return {
-    "inputs": rng.uniform(size=(batch, *spec.shape)).astype(spec.dtype),
-    "label": rng.integers(0, config.dataset.num_classes, size=(batch,)).astype(np.int32),
-  }
+  """The first train batch of `batch` examples of the synthetic source (data.synthetic): the batch spec's
+  shapes, input masks and label form of `config`, so that a padded source is timed with its mask."""
+  return synthetic.make_batch(config, "train", range(batch))
 
 
 def model_forward_flops(config: ml_collections.ConfigDict) -> float:
@@ -168,7 +162,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   forward = model_forward_flops(config)
   model_gflops = TRAIN_FLOPS_PER_FORWARD * forward / 1e9
-  images_per_s = batch_size / step_s
+  examples_per_s = batch_size / step_s
   result = {
     "config_arg": config.get("config_arg", ""),
     "platform": platform,
@@ -176,14 +170,14 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     "cpu_count": os.cpu_count(),
     "precision": config.precision,
     "batch": batch_size,
-    "images_per_s": images_per_s,
+    "examples_per_s": examples_per_s,
     "step_s": step_s,
     "step_s_min": min(times),
     "compile_s": compile_s,
     "model_gflops_per_image": model_gflops,
     "model_forward_gflops_per_image": forward / 1e9,
     "xla_gflops_per_step": xla_step_flops(trainer, train_state, batch) / 1e9,
-    "achieved_model_gflops": images_per_s * model_gflops,
+    "achieved_model_gflops": examples_per_s * model_gflops,
     "matmul_ceiling_gflops": ceiling,
     # Median over the steps of each step's achieved model FLOP/s over its own matmul's.
     "mfu": statistics.median(

@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from perceiver_jax.data import spec
 from perceiver_jax.tools import benchmark, flops
-from perceiver_jax.training import build, parallel, train
+from perceiver_jax.training import parallel, train
 
 GB = 1e9
 # HBM per chip in GB (10^9 bytes) by `device_kind`, from the chips' published figures.
@@ -104,21 +105,13 @@ def abstract_inputs(trainer: train.Trainer, global_batch: int):
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   shapes = jax.eval_shape(functools.partial(train.init_state, config, trainer.model, trainer.optimizer))
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
-  spec = build.input_spec(config)  # One example's inputs, as the front end takes them.
-  soft = "augment" in config and (config.augment.mixup_alpha > 0 or config.augment.cutmix_alpha > 0)
-  label = (
-    jax.ShapeDtypeStruct((global_batch, config.dataset.num_classes), jnp.float32, sharding=shard)
-    if soft
-    else jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=shard)
-  )
-  inputs = jax.ShapeDtypeStruct((global_batch, *spec.shape), spec.dtype, sharding=shard)
-  eval_batch = {
-    "inputs": inputs,
-    "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=shard),
-    "eval_mask": jax.ShapeDtypeStruct((global_batch,), jnp.bool_, sharding=shard),
-  }
+
+  def laid_out(split: str):  # The batch spec's (masks and the label's form included), split over the mesh.
+    batch = spec.batch_spec(config, global_batch, split)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shard), batch)
+
   index = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
-  return state, {"inputs": inputs, "label": label}, eval_batch, index
+  return state, laid_out("train"), laid_out("eval"), index
 
 
 def _oom_gb(message: str) -> tuple[float, float] | None:

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from jax.extend import core as jex_core
 
+from perceiver_jax.data import spec
 from perceiver_jax.training import build
 
 
@@ -77,8 +78,7 @@ def jaxpr_matmul_flops(fn, *args, **kwargs) -> int:
 
 def _abstract_forward(config: ml_collections.ConfigDict):
   model = build.make_model(config)
-  spec = build.input_spec(config)  # One example's inputs, as the front end takes them.
-  inputs = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
+  batch = spec.batch_spec(config, 1, "eval")  # One example as the batch spec says (mask included).
   keys = jax.ShapeDtypeStruct((1,), jax.random.key(0).dtype)
   rng = jax.random.PRNGKey(0)
   params, state = jax.eval_shape(
@@ -86,21 +86,22 @@ def _abstract_forward(config: ml_collections.ConfigDict):
       rng, build.dummy_inputs(config, 1), is_training=True, example_keys=jax.random.split(rng, 1)
     )
   )
-  return model, params, state, inputs, keys
+  return model, params, state, batch, keys
 
 
 def model_stats(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Parameter count and forward GFLOPs per example of `config`'s model, computed abstractly."""
-  model, params, state, inputs, keys = _abstract_forward(config)
+  model, params, state, batch, keys = _abstract_forward(config)
   num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
   if config.model_name == "perceiver":
     flops = perceiver_forward_flops(config.model, *build.token_shape(config))
   else:
     flops = jaxpr_matmul_flops(
-      lambda p, s, x, k: model.apply(p, s, None, x, is_training=False, example_keys=k)[0],
+      lambda p, s, x, m, k: model.apply(p, s, None, x, is_training=False, input_mask=m, example_keys=k)[0],
       params,
       state,
-      inputs,
+      batch["inputs"],
+      batch.get("input_mask"),
       keys,
     )
   return {"params": num_params, "gflops": flops / 1e9}

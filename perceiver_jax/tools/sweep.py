@@ -13,7 +13,6 @@ every host), `print` prints their commands and `slurm` the `sbatch` commands of 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 import os
 import pathlib
@@ -139,14 +138,9 @@ def validate(runs: Sequence[SweepRun]) -> None:
 
   for run in runs:
     config = next(a for a in run.args if a.startswith("--config="))[len("--config=") :]
-    path, _, arg = config.partition(":")
-    spec = importlib.util.spec_from_file_location("sweep_config", path)
-    if spec is None or not pathlib.Path(path).is_file():  # A local file: importlib reads it.
-      raise FileNotFoundError(f"Config file {path!r} does not exist.")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_args.config_module(config.partition(":")[0])
     try:
-      built = module.get_config(arg)
+      built = module.get_config(config.partition(":")[2])
       for key, value in _overrides(run.args):
         config_args.set_path(built, key, value)
       train.validate_config(built)

@@ -53,6 +53,11 @@ class FinishedRun:
     return self.config["input"].get("permutation", "none")
 
   @property
+  def task(self) -> str:
+    """The run's task (config `task`; runs saved before it was declared are single-label)."""
+    return self.config.get("task", "single_label")
+
+  @property
   def top1(self) -> float:
     """Eval top-1 in percent."""
     return 100.0 * float(self.results["eval"]["top1"])
@@ -245,8 +250,8 @@ ABLATION_DATASET = "imagenet2012"
 
 
 def fill(table: Table, runs: Iterable[FinishedRun], dataset: str) -> dict[tuple[str, str], Cell]:
-  """(row name, permutation) -> the cell of `dataset`'s runs that match the row."""
-  runs = [r for r in runs if r.dataset == dataset]
+  """(row name, permutation) -> the cell of `dataset`'s single-label runs that match the row."""
+  runs = [r for r in runs if r.dataset == dataset and r.task == "single_label"]
   return {
     (row.name, col): Cell(tuple(r for r in runs if r.permutation == col and row.matches(r.config)))
     for row in table.rows
@@ -402,7 +407,9 @@ def load_finished_run(path: str) -> FinishedRun:
   results = run_files.read_json(root / run_files.RESULTS)
   config = run_files.read_json(root / run_files.CONFIG)
   try:
-    float(results["eval"]["top1"]), int(results["params"]), int(results["step"])
+    # The task's headline metric (training/tasks.py): top-1, or the mAP of a multi-label run.
+    headline = "mAP" if config.get("task", "single_label") == "multi_label" else "top1"
+    float(results["eval"][headline]), int(results["params"]), int(results["step"])
     str(config["model_name"]), str(config["dataset"]["name"])
   except (KeyError, TypeError, ValueError) as e:
     raise run_files.RunFileError(

@@ -1,11 +1,11 @@
 """From a config to a Haiku forward function: the front end named by `config.input.front_end`, then the
 model named by `config.model_name`.
 
-The input contract. A batch is `{'inputs': [b, *input_shape] of input_dtype, 'input_mask': optional bool
-[b, *input_shape[:-1]], 'label': int32 [b]}` (perceiver_jax.data); the front end turns `inputs` into tokens
-[b, M, C] and `input_mask` into a token mask [b, M], which the model receives as `input_mask`. Nothing
-else of a modality is known outside its front end and its data source: the trainer and the tools ask
-this module for the shapes (`input_spec`, `dummy_inputs`, `token_shape`).
+The input contract. A batch is what the batch spec says (`perceiver_jax.data.spec.batch_spec`): `inputs`
+[b, *input_shape] (or a mapping modality -> array), an optional `input_mask`, and `label`; the front end
+turns `inputs` into tokens [b, M, C] and `input_mask` into a token mask [b, M], which the model receives
+as `input_mask`. Nothing else of a modality is known outside its front end and its data source: the shapes
+come from the spec (`input_spec`, `dummy_inputs`) and the tokens' from the front end (`token_shape`).
 
 `make_model(config)` returns an `hk.TransformedWithState` of
 `forward(inputs [B, ...], *, is_training, input_mask=None, example_keys=None) -> logits [B, num_classes]`;
@@ -20,6 +20,7 @@ The front end's constructor receives `config.input` (but `front_end`) as keyword
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import haiku as hk
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from perceiver_jax.data import spec
 from perceiver_jax.front_ends import FRONT_ENDS
 from perceiver_jax.models import MODELS, attention, canonical_name, precision
 
@@ -49,22 +51,51 @@ def front_end_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
   return FRONT_ENDS[name]
 
 
-def input_spec(config: ml_collections.ConfigDict) -> jax.ShapeDtypeStruct:
-  """One example's `inputs` as the front end expects them: shape and dtype, e.g. (8, 8, 1) float32."""
-  cls = front_end_class(config)
-  return jax.ShapeDtypeStruct(tuple(cls.input_shape(config.dataset.to_dict())), cls.input_dtype)
+def input_spec(config: ml_collections.ConfigDict):
+  """One example's `inputs` (the batch spec's): a ShapeDtypeStruct, e.g. (8, 8, 1) float32, or a mapping."""
+  return spec.example_inputs(config)
 
 
-def dummy_inputs(config: ml_collections.ConfigDict, batch_size: int = 1) -> jax.Array:
-  """Zero `inputs` [batch_size, *input_shape], e.g. to initialise the parameters."""
-  spec = input_spec(config)
-  return jnp.zeros((batch_size, *spec.shape), spec.dtype)
+def dummy_inputs(config: ml_collections.ConfigDict, batch_size: int = 1):
+  """Zero `inputs` [batch_size, *input_shape] (a mapping of them for modalities), e.g. for initialising."""
+  return jax.tree.map(lambda s: jnp.zeros((batch_size, *s.shape), s.dtype), input_spec(config))
+
+
+def _front_end_of(name: str, settings: dict, input_shape, module_name: str) -> hk.Module:
+  if name not in FRONT_ENDS:
+    known = ", ".join(sorted(FRONT_ENDS))
+    raise ValueError(f"input.modalities' front_end={name!r} is unknown; known front ends: {known}.")
+  return FRONT_ENDS[name](input_shape, name=module_name, **settings)
 
 
 def front_end(config: ml_collections.ConfigDict) -> hk.Module:
-  """The front end of `config`; only valid inside a Haiku transform."""
+  """The front end of `config`; only valid inside a Haiku transform.
+
+  For a mapping of modalities, `config.input.front_end` is 'multimodal' and `config.input.modalities` gives
+  each modality's front end and settings ({name: {front_end, **settings}}).
+  """
   settings = {k: v for k, v in config.input.to_dict().items() if k != "front_end"}
-  return front_end_class(config)(input_spec(config).shape, name="front_end", **settings)
+  shapes = jax.tree.map(lambda s: s.shape, input_spec(config))
+  cls = front_end_class(config)
+  if isinstance(shapes, dict) != getattr(cls, "composes_modalities", False):
+    raise ValueError(
+      f"input.front_end={config.input.front_end!r} does not fit dataset.inputs: a mapping of modalities "
+      "takes input.front_end='multimodal' (with input.modalities), one array any other front end."
+    )
+  if isinstance(shapes, dict):
+    modalities = settings.pop("modalities", None) or {}
+    if set(modalities) != set(shapes):
+      raise ValueError(
+        f"input.modalities names {sorted(modalities)} but dataset.inputs has {sorted(shapes)}; give each "
+        "modality its front end: input.modalities.<name> = dict(front_end=..., **settings)."
+      )
+    factories = {}
+    for name, entry in modalities.items():
+      entry = dict(entry)
+      kind = entry.pop("front_end", None)
+      factories[name] = functools.partial(_front_end_of, kind, entry, shapes[name])
+    return cls(shapes, factories, name="front_end", **settings)
+  return cls(shapes, name="front_end", **settings)
 
 
 def token_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -74,8 +105,7 @@ def token_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
     return front_end(config)(x, example_keys=keys)[0]
 
   f = hk.transform(tokens)
-  spec = input_spec(config)
-  x = jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype)
+  x = jax.tree.map(lambda s: jax.ShapeDtypeStruct((1, *s.shape), s.dtype), input_spec(config))
   keys = jax.random.split(jax.random.PRNGKey(0), 1)
   out = jax.eval_shape(lambda x: f.apply(f.init(jax.random.PRNGKey(0), x, keys), None, x, keys), x)
   return out.shape[1], out.shape[2]

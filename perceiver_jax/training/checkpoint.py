@@ -125,6 +125,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not isinstance(tree, dict):
     raise run_files.RunFileError(f"{path} holds no config (a JSON {type(tree).__name__}); restore it.")
   tree.pop(run_files.CONFIG_CHANGES, None)
+  for key, value in run_files.ADDED_FIELDS.items():  # Runs saved before a field was declared.
+    *parents, leaf = key.split(".")
+    node = tree
+    for p in parents:
+      node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.setdefault(leaf, value)
   return config_from_json(tree)
 
 

@@ -49,7 +49,7 @@ class MetricWriter:
     history = [
       {"step": r["step"], **{k[len("eval_") :]: v for k, v in r.items() if k.startswith("eval_")}}
       for r in kept
-      if "eval_top1" in r
+      if any(k.startswith("eval_") for k in r)  # Whatever the task's metrics (tasks.py).
     ]
     for entry in history:
       entry["count"] = int(entry.get("count", 0))

@@ -12,7 +12,9 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -60,6 +62,20 @@ def prefetch(batches: Iterable, mesh: Mesh, size: int = 2) -> Iterator:
     yield queue.popleft()
     for batch in itertools.islice(iterator, 1):
       queue.append(shard_batch(mesh, batch))
+
+
+def gather(x):
+  """Per device: this device's [b, ...] -> the global batch [b * devices, ...], the same on every device.
+
+  Written as a psum of each shard placed at its offset, so that the result is known to be replicated (an
+  `all_gather` is not, under shard_map's replication check); bool arrays travel as int32.
+  """
+  count, index = lax.psum(1, AXIS), lax.axis_index(AXIS)
+  kind = x.dtype
+  x = x.astype(jnp.int32) if kind == jnp.bool_ else x
+  full = jnp.zeros((count * x.shape[0], *x.shape[1:]), x.dtype)
+  full = lax.psum(lax.dynamic_update_slice_in_dim(full, x, index * x.shape[0], 0), AXIS)
+  return full.astype(kind)
 
 
 def data_parallel(

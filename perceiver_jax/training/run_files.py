@@ -48,11 +48,24 @@ RESUMABLE_CHANGES = (
   "model.remat",
 )
 
+# What may differ when a run's checkpoint is evaluated (experiments/evaluate.py --config.a.b=value): where
+# the data is and how it is batched, and switches that leave the function and the parameters as they are.
+EVAL_CHANGES = (
+  "dataset.data_dir",
+  "dataset.eval_split",
+  "dataset.download",
+  "dataset.manual_dir",
+  "train.eval_batch_size",
+  "model.attention_impl",
+  "model.cross_attention_chunk_size",
+)
+
 # Fields declared after runs were saved without them, with the value the code took when they were absent:
 # a resume that sets one to that value changes nothing.
 ADDED_FIELDS = {
   "input.front_end": "image",
   "model.scan_blocks": False,
+  "task": "single_label",
 }
 
 

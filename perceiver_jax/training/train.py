@@ -10,6 +10,7 @@ the batch.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import pathlib
@@ -30,9 +31,10 @@ from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
-from perceiver_jax import data
+from perceiver_jax import config_args, data
+from perceiver_jax.data import spec
 from perceiver_jax.models.checks import check_positive
-from perceiver_jax.training import build, checkpoint, optim, parallel, run_files
+from perceiver_jax.training import build, checkpoint, optim, parallel, run_files, tasks
 from perceiver_jax.training.metric_writer import MetricWriter
 
 # Folded into a step's key to derive independent streams.
@@ -70,24 +72,9 @@ def _local_example_start(first_global_index, local_batch):
   return first_global_index + lax.axis_index(parallel.AXIS) * local_batch
 
 
-def cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
-  """Mean softmax cross-entropy; labels are int [B] or soft [B, num_classes]."""
-  targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)  # [B]
-
-
-def top_k_correct(logits, labels, k: int):
-  """bool [B]: is the label among the k largest logits (ties broken by index, as lax.top_k does)."""
-  labels = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-  _, top = lax.top_k(logits, k)
-  return jnp.any(top == labels[:, None], axis=-1)
-
-
 def init_state(config: ml_collections.ConfigDict, model: hk.TransformedWithState, optimizer) -> TrainState:
   """Initial parameters from `config.seed`, identical on every process."""
-  inputs = build.dummy_inputs(config, 1)  # [1, *input_shape]: the front end says the shape.
+  inputs = build.dummy_inputs(config, 1)  # [1, *input_shape] (or a mapping): the batch spec says the shape.
   rng = jax.random.PRNGKey(config.seed)
   init_key = jax.random.fold_in(rng, 0)
   keys = example_keys(init_key, 0, 1)
@@ -103,13 +90,15 @@ def train_step(
   optimizer: optax.GradientTransformation,
   num_classes: int,
   label_smoothing: float,
+  task: str = tasks.SINGLE_LABEL,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on this device's shard of the global batch (pmap-style, axis `batch`).
 
-  `batch`: `inputs` [b, ...], optional `input_mask` bool [b, ...], `label` [b] or soft [b, K] (data.Batch).
+  `batch`: of the batch spec (data.spec): `inputs` [b, ...] (or a mapping), optional `input_mask`, `label`
+  [b] or [b, K]; the loss and the metrics are the task's (tasks.py).
   """
   inputs, input_mask, labels = batch["inputs"], batch.get("input_mask"), batch["label"]
-  local = inputs.shape[0]
+  local = labels.shape[0]
   global_batch = local * lax.psum(1, parallel.AXIS)
   step_key = jax.random.fold_in(train_state.rng, train_state.step)
   keys = example_keys(
@@ -129,7 +118,7 @@ def train_step(
       input_mask=input_mask,
       example_keys=keys,
     )
-    loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
+    loss = jnp.mean(tasks.loss(task, logits, labels, num_classes, label_smoothing))
     return loss, (logits, new_state)
 
   # Differentiate with respect to per-device (varying) parameters: under shard_map the gradient of a
@@ -141,11 +130,7 @@ def train_step(
   new_state = lax.pmean(new_state, parallel.AXIS)
   updates, opt_state = optimizer.update(grads, train_state.opt_state, train_state.params)
   params = optax.apply_updates(train_state.params, updates)
-  metrics = {
-    "loss": loss,
-    "top1": jnp.mean(top_k_correct(logits, labels, 1)),
-    "grad_norm": optax.tree.norm(grads),
-  }
+  metrics = {"loss": loss, **tasks.train_metrics(task, logits, labels), "grad_norm": optax.tree.norm(grads)}
   metrics = lax.pmean(metrics, parallel.AXIS)
   new = TrainState(params, new_state, opt_state, train_state.step + 1, train_state.rng)
   return new, metrics
@@ -158,10 +143,16 @@ def eval_step(
   *,
   model: hk.TransformedWithState,
   num_classes: int,
+  task: str = tasks.SINGLE_LABEL,
+  gather_scores: bool = False,
 ) -> dict[str, jax.Array]:
-  """Sums over the real examples of one eval batch (`eval_mask` True, not padding), across all devices."""
+  """Sums over the real examples of one eval batch (`eval_mask` True, not padding), across all devices.
+
+  With `gather_scores`, also the whole global batch's `scores` [B, K], `label` and `eval_mask`, gathered
+  to every device (for metrics of the whole split, such as the mAP, and for saved predictions).
+  """
   inputs, input_mask, labels = batch["inputs"], batch.get("input_mask"), batch["label"]
-  local = inputs.shape[0]
+  local = labels.shape[0]
   global_batch = local * lax.psum(1, parallel.AXIS)
   keys = eval_example_keys(
     train_state.rng, _local_example_start(batch_index * global_batch, local) + jnp.arange(local)
@@ -176,13 +167,11 @@ def eval_step(
     example_keys=keys,
   )
   weight = batch["eval_mask"].astype(jnp.float32)
-  sums = {
-    "loss": jnp.sum(cross_entropy(logits, labels, num_classes, 0.0) * weight),
-    "top1": jnp.sum(top_k_correct(logits, labels, 1) * weight),
-    "top5": jnp.sum(top_k_correct(logits, labels, min(5, num_classes)) * weight),
-    "count": jnp.sum(weight),
-  }
-  return lax.psum(sums, parallel.AXIS)
+  sums = lax.psum(tasks.eval_sums(task, logits, labels, weight, num_classes), parallel.AXIS)
+  if gather_scores:
+    gathered = {"scores": tasks.scores(task, logits), "label": labels, "eval_mask": batch["eval_mask"]}
+    sums["gathered"] = jax.tree.map(parallel.gather, gathered)  # [global batch, ...]
+  return sums
 
 
 class Trainer:
@@ -210,6 +199,7 @@ class Trainer:
     )
     self.optimizer, self.schedule = optim.make_optimizer(config, self.steps_per_epoch, self.total_steps)
     num_classes = config.dataset.num_classes
+    self.task = spec.task(config)
     rep, shard = parallel.REPLICATED, parallel.SHARDED
     self.train_step = parallel.data_parallel(
       functools.partial(
@@ -218,17 +208,23 @@ class Trainer:
         optimizer=self.optimizer,
         num_classes=num_classes,
         label_smoothing=config.train.label_smoothing,
+        task=self.task,
       ),
       self.mesh,
       in_specs=(rep, shard),
       out_specs=(rep, rep),
       donate_argnums=(0,),
     )
-    self.eval_step = parallel.data_parallel(
-      functools.partial(eval_step, model=self.model, num_classes=num_classes),
-      self.mesh,
-      in_specs=(rep, shard, rep),
-      out_specs=rep,
+    self.eval_step, self.scoring_eval_step = (
+      parallel.data_parallel(
+        functools.partial(
+          eval_step, model=self.model, num_classes=num_classes, task=self.task, gather_scores=gather
+        ),
+        self.mesh,
+        in_specs=(rep, shard, rep),
+        out_specs=rep,
+      )
+      for gather in (tasks.needs_scores(self.task), True)
     )
 
   def init(self) -> TrainState:
@@ -238,22 +234,29 @@ class Trainer:
     )
     return init()
 
-  def evaluate(self, train_state: TrainState) -> dict[str, float]:
-    """top1, top5 and loss over the whole eval split, every example counted exactly once."""
-    totals = None
+  def evaluate(self, train_state: TrainState, predictions: dict | None = None) -> dict[str, Any]:
+    """The task's metrics over the whole eval split, every example counted exactly once.
+
+    Single-label: top1, top5, loss; multi-label: mAP, loss, per_class_ap (tasks.py); and count. A dict
+    passed as `predictions` receives every real eval example's `scores` [N, K] and `labels` ([N] or [N, K]).
+    """
+    step = self.eval_step if predictions is None else self.scoring_eval_step
+    totals, gathered = None, []
     for index, batch in enumerate(parallel.prefetch(data.eval_batches(self.config), self.mesh)):
-      sums = self.eval_step(train_state, batch, jnp.int32(index))
+      sums = step(train_state, batch, jnp.int32(index))
+      if "gathered" in sums:
+        gathered.append(jax.device_get(sums.pop("gathered")))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
       raise ValueError("The eval split is empty; check dataset.eval_split.")
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {
-      "top1": float(totals["top1"]) / count,
-      "top5": float(totals["top5"]) / count,
-      "loss": float(totals["loss"]) / count,
-      "count": int(count),
-    }
+    scores = labels = None
+    if gathered:
+      real = np.concatenate([g["eval_mask"] for g in gathered])  # Padding examples left out.
+      scores = np.concatenate([g["scores"] for g in gathered])[real]
+      labels = np.concatenate([g["label"] for g in gathered])[real]
+      if predictions is not None:
+        predictions.update(scores=scores, labels=labels)
+    return tasks.summarize(self.task, jax.device_get(totals), scores, labels)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -271,7 +274,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"train.profile_steps={t.profile_steps} must be 0 (off) or a number of steps to trace.")
   if not 0.0 <= t.label_smoothing < 1.0:
     raise ValueError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
-  build.input_spec(config)  # A known front end, and input sizes it accepts.
+  build.front_end_class(config)  # A known front end.
+  spec.batch_spec(config, 1)  # Inputs the dataset section describes, and a known task.
   if config.precision not in ("float32", "bfloat16"):
     raise ValueError(f"precision={config.precision!r} must be 'float32' or 'bfloat16'.")
 
@@ -478,15 +482,10 @@ def _lead_says(value: bool) -> bool:
 
 def _evaluate_and_log(trainer: Trainer, train_state, step: int, writer, history) -> dict[str, Any]:
   eval_metrics = trainer.evaluate(train_state)
-  writer.write(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-  history.append({"step": step, **eval_metrics})
+  writer.write(step, {f"eval_{k}": v for k, v in tasks.scalars(eval_metrics).items()})
+  history.append({"step": step, **tasks.scalars(eval_metrics)})
   logging.info(
-    "eval at step %d: top1 %.4f top5 %.4f loss %.4f over %d examples",
-    step,
-    eval_metrics["top1"],
-    eval_metrics["top5"],
-    eval_metrics["loss"],
-    eval_metrics["count"],
+    "eval at step %d: %s over %d examples", step, tasks.describe(eval_metrics), eval_metrics["count"]
   )
   return eval_metrics
 
@@ -555,21 +554,19 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
       steps_per_s = (step - tick_step) / (now - tick)
       tick, tick_step = now, step
       scalars = {
-        "train_loss": means["loss"],
-        "train_top1": means["top1"],
+        **{f"train_{k}": v for k, v in means.items() if k != "grad_norm"},  # The task's (tasks.py).
         "grad_norm": means["grad_norm"],
         "learning_rate": float(trainer.schedule(step - 1)),
-        "images_per_s": steps_per_s * t.global_batch_size,
+        "examples_per_s": steps_per_s * t.global_batch_size,
       }
       writer.write(step, scalars)
       logging.info(
-        "step %d/%d loss %.4f top1 %.3f lr %.2e %.0f img/s, %.0f s left",
+        "step %d/%d %s lr %.2e %.0f examples/s, %.0f s left",
         step,
         total,
-        scalars["train_loss"],
-        scalars["train_top1"],
+        " ".join(f"{k} {means[k]:.4f}" for k in means if k != "grad_norm"),
         scalars["learning_rate"],
-        scalars["images_per_s"],
+        scalars["examples_per_s"],
         (total - step) / max(steps_per_s, 1e-9),
       )
     if save:
@@ -665,15 +662,47 @@ def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = 
   return Run(config, state, restored)
 
 
-def evaluate_run(workdir: str) -> dict[str, Any]:
+PREDICTIONS = "predictions.npz"
+
+
+def eval_config(workdir: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir` with `overrides` ({dotted field: value}) of run_files.EVAL_CHANGES.
+
+  Raises:
+    ValueError: an override names a field that would change the model or its data, or no field.
+  """
+  config = checkpoint.load_config(workdir)
+  for key, value in (overrides or {}).items():
+    if key not in run_files.EVAL_CHANGES:
+      allowed = ", ".join(f"--config.{k}" for k in run_files.EVAL_CHANGES)
+      raise ValueError(
+        f"--config.{key} would change the model or the data the checkpoint was trained for; evaluation "
+        f"takes only {allowed}."
+      )
+    config_args.set_path(config, key, value)
+  return config
+
+
+def evaluate_run(
+  workdir: str, overrides: dict[str, Any] | None = None, save_predictions: bool = False
+) -> dict[str, Any]:
   """Evaluates the latest checkpoint of the run in `workdir`; process 0 writes eval_results.json.
+
+  `overrides`: {dotted field: value} of run_files.EVAL_CHANGES (eval_config). `save_predictions`: process 0
+  also writes `predictions.npz` into the workdir: `scores` [N, K] and `labels` ([N] single-label, [N, K]
+  multi-label) of every eval example, each once.
 
   Raises:
     FileNotFoundError: `workdir` holds no run or no readable checkpoint.
   """
-  trainer = Trainer(checkpoint.load_config(workdir))
+  trainer = Trainer(eval_config(workdir, overrides))
   run = load_run(workdir, sharding=parallel.replicated(trainer.mesh))
-  eval_metrics = trainer.evaluate(run.state)
+  predictions = {} if save_predictions else None
+  eval_metrics = trainer.evaluate(run.state, predictions)
+  if save_predictions and jax.process_index() == 0:
+    buffer = io.BytesIO()
+    np.savez(buffer, scores=predictions["scores"], labels=predictions["labels"])
+    (epath.Path(workdir) / PREDICTIONS).write_bytes(buffer.getvalue())
   results = {
     "eval": eval_metrics,
     "step": run.step,
