@@ -119,7 +119,8 @@ def test_lowered_cost_analysis_matches_the_analytic_count(config_loader):
     scan_blocks=False,
     fold_cross_projections=False,
   )
-  model, params, state, images, keys = flops._abstract_forward(config)
+  model, params, state, batch, keys = flops._abstract_forward(config)
+  images = batch["inputs"]
   fwd = lambda p, x, k: model.apply(p, state, None, x, is_training=False, example_keys=k)[0]
   lowered = jax.jit(fwd).lower(params, images, keys)
   xla = lowered.cost_analysis()["flops"]
