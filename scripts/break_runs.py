@@ -96,7 +96,7 @@ class Signalled:
 
 def records(workdir) -> list[dict]:
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
+  return [{k: v for k, v in json.loads(x).items() if k != "examples_per_s"} for x in lines]
 
 
 def fresh(root: pathlib.Path, ref: pathlib.Path, name: str, finished: bool = False) -> pathlib.Path:

@@ -298,7 +298,7 @@ def test_missing_config_file_and_data_dir_are_one_line(tmp_path):
 
 
 def without_speed(records):
-  return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+  return [{k: v for k, v in r.items() if k != "examples_per_s"} for r in records]
 
 
 def test_arrays_that_read_back_wrong_fail_the_checksum_and_the_previous_checkpoint_is_used(
