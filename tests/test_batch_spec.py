@@ -172,6 +172,8 @@ def test_map_is_the_mean_over_classes_with_a_positive_of_each_column():
   kept = labels.sum(0) > 0
   sklearn_map = average_precision_score(labels[:, kept], scores[:, kept], average="macro")
   assert tasks.mean_average_precision(scores, labels) == pytest.approx(sklearn_map, rel=1e-12)
+  summary = tasks.summarize(tasks.MULTI_LABEL, {"count": 40, "loss": 0.0}, scores, labels)  # The trainer's.
+  assert summary["mAP"] == pytest.approx(sklearn_map, rel=1e-12) and summary["per_class_ap"] == aps
   with pytest.raises(ValueError, match="must both be"):
     tasks.average_precisions(scores.T, labels)  # The paper's first version's mistake cannot pass silently.
 

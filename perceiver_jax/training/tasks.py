@@ -100,12 +100,18 @@ def average_precisions(scores: np.ndarray, labels: np.ndarray) -> list[float | N
   ]
 
 
+def _mean_of_defined(aps: list[float | None]) -> float:
+  """The mean of the per-class APs that are defined (classes with a positive); NaN when none is."""
+  defined = [ap for ap in aps if ap is not None]
+  return float(np.mean(defined)) if defined else float("nan")
+
+
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-  """The mean of `average_precisions` over the classes with at least one positive."""
-  aps = [ap for ap in average_precisions(scores, labels) if ap is not None]
-  if not aps:
+  """The mean of `average_precisions` over the classes with at least one positive (as `summarize`)."""
+  value = _mean_of_defined(average_precisions(scores, labels))
+  if np.isnan(value):
     raise ValueError("No class has a positive eval example: the mAP is undefined.")
-  return float(np.mean(aps))
+  return value
 
 
 def summarize(task: str, totals: dict[str, Any], scores=None, labels=None) -> dict[str, Any]:
@@ -116,8 +122,7 @@ def summarize(task: str, totals: dict[str, Any], scores=None, labels=None) -> di
   metrics: dict[str, Any] = {}
   if task == MULTI_LABEL:
     aps = average_precisions(scores, labels)
-    real = [ap for ap in aps if ap is not None]
-    metrics["mAP"] = float(np.mean(real)) if real else float("nan")
+    metrics["mAP"] = _mean_of_defined(aps)  # NaN, logged, rather than a crash at an eval with no positive.
   else:
     metrics["top1"] = float(totals["top1"]) / count
     metrics["top5"] = float(totals["top5"]) / count
