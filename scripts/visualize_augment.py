@@ -54,7 +54,7 @@ def draw(config, photo: bytes, other: bytes, rows: int, cols: int, path: str) ->
   """Writes the grid to `path` and returns it."""
   import tensorflow as tf
 
-  from perceiver_jax.data import augment, tfds_input
+  from perceiver_jax.data import augment, spec, tfds_input
 
   tfds_input._hide_gpus_from_tf()
   train = tfds_input._train_fn(
@@ -71,7 +71,7 @@ def draw(config, photo: bytes, other: bytes, rows: int, cols: int, path: str) ->
 
   panels = [(evaluate(tf.constant(photo), tf.constant(0))[0].numpy(), "eval crop")]
   panels += [(image, f"train {i}") for i, image in enumerate(augmented(photo, 0, rows * cols - 1))]
-  mixing = tfds_input._mixing(config)
+  mixing = spec.mixes(config)
   if mixing:
     # 2 cols mixed examples from 4 cols images, paired as `data.train_batches` pairs them: every example's
     # first image an augmentation of the photograph, its partner one of `other`.

@@ -260,11 +260,6 @@ def _eval_fn(channels: int, size: int, crop_fraction: float):
   return tf.function(preprocess, input_signature=signature, autograph=False)
 
 
-def _mixing(config: ml_collections.ConfigDict) -> bool:
-  """MixUp or CutMix on: a step then reads two images per example (`data.images_per_example`)."""
-  return spec.mixes(config)
-
-
 @functools.lru_cache(maxsize=16)
 def _draws_fn(size: int, mixup_alpha: float, cutmix_alpha: float, key: int):
   """Stream position i -> (MixUp ratio [], CutMix box int32 [4]) of the image there, seeded by (`key`, i)."""
@@ -331,7 +326,7 @@ def _train_epoch(
   preprocess = _train_fn(_train_params(config), _seed(seed, process_index, _AUGMENT))
   num_classes, size = config.dataset.num_classes, config.dataset.image_size
   mixup_alpha, cutmix_alpha = float(config.augment.mixup_alpha), float(config.augment.cutmix_alpha)
-  mixing = _mixing(config)
+  mixing = spec.mixes(config)  # A step then reads two images per example.
   if mixing:
     draws = _draws_fn(size, mixup_alpha, cutmix_alpha, _seed(seed, process_index, _MIX))
 
@@ -384,7 +379,7 @@ def train_batches(
   """
   process_index, process_count = _processes(process_index, process_count)
   batch = _local_batch_size(config.train.global_batch_size, process_count)
-  mixing = _mixing(config)
+  mixing = spec.mixes(config)  # A step then reads two images per example.
   read = 2 * batch if mixing else batch  # Stream positions read per step.
   source = _Source(config)
   split = config.dataset.train_split
