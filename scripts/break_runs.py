@@ -99,6 +99,12 @@ def records(workdir) -> list[dict]:
   return [{k: v for k, v in json.loads(x).items() if k != "examples_per_s"} for x in lines]
 
 
+def run_again(workdir) -> tuple[subprocess.CompletedProcess, dict]:
+  """The digits run in `workdir` started again: its process and its results.json ({} when it failed)."""
+  done = run(command(workdir, CONFIG))
+  return done, json.loads((workdir / "results.json").read_text()) if done.returncode == 0 else {}
+
+
 def fresh(root: pathlib.Path, ref: pathlib.Path, name: str, finished: bool = False) -> pathlib.Path:
   workdir = root / name
   shutil.copytree(ref, workdir)
@@ -142,8 +148,7 @@ def case_lying_checkpoint(root, ref, results):
   saver = ocp.StandardCheckpointer()
   saver.save(item, state, force=True)
   saver.wait_until_finished()
-  done = run(command(workdir, CONFIG))
-  again = json.loads((workdir / "results.json").read_text()) if done.returncode == 0 else {}
+  done, again = run_again(workdir)
   ok = "is damaged" in done.stderr and again.get("params_checksum") == results["params_checksum"]
   return ok, f"exit {done.returncode}; damaged noticed: {'is damaged' in done.stderr}; same parameters: {ok}"
 
@@ -170,8 +175,7 @@ def case_ctrl_c(root, ref, results):
   proc.wait_for("step 4/12")
   proc.proc.send_signal(signal.SIGINT)
   rc, stdout, stderr = proc.finish()
-  resumed = run(command(workdir, CONFIG))
-  again = json.loads((workdir / "results.json").read_text()) if resumed.returncode == 0 else {}
+  _, again = run_again(workdir)
   ok = rc == 0 and "Traceback" not in stderr and again.get("params_checksum") == results["params_checksum"]
   return ok, f"exit {rc}, {stdout.strip()!r}; resumed to the same parameters: {ok}"
 
@@ -185,8 +189,7 @@ def case_kill_during_final_eval(root, ref, results):
   proc.finish()
   if (workdir / "results.json").exists():
     return False, "the kill came after the end; run the case again"
-  resumed = run(command(workdir, CONFIG))
-  again = json.loads((workdir / "results.json").read_text()) if resumed.returncode == 0 else {}
+  _, again = run_again(workdir)
   ok = again.get("history") == results["history"] and records(workdir) == records(ref)
   return ok, f"history after the resume {[h['step'] for h in again.get('history', [])]}; logs equal: {ok}"
 
@@ -276,8 +279,7 @@ def case_sigterm_between_logs(root, ref, results):
   proc.wait_for("step 4/12")
   proc.proc.send_signal(signal.SIGTERM)
   rc, stdout, _ = proc.finish()
-  resumed = run(command(workdir, CONFIG))
-  again = json.loads((workdir / "results.json").read_text()) if resumed.returncode == 0 else {}
+  _, again = run_again(workdir)
   same = records(workdir) == records(ref)
   ok = rc == 0 and same and again.get("params_checksum") == results["params_checksum"]
   return ok, f"{stdout.strip()!r}; metrics.jsonl equal to the uninterrupted run's: {same}"
