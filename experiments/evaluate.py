@@ -56,7 +56,9 @@ def main(argv):
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
-  distributed.check_same_config(None, flags={"--workdir": _WORKDIR.value})
+  # The overrides too: processes evaluating with different eval batch sizes would wait for each other.
+  overrides = {f"--config.{k}": repr(v) for k, v in _OVERRIDES.items()}
+  distributed.check_same_config(None, flags={"--workdir": _WORKDIR.value, **overrides})
   results = train.evaluate_run(_WORKDIR.value, _OVERRIDES, save_predictions=_SAVE_PREDICTIONS.value)
   print(json.dumps(results, indent=2, sort_keys=True))
 
