@@ -306,11 +306,11 @@ def case_config_raises(root, ref, results):
 
 
 def case_unknown_dataset(root, ref, results):
-  """--config.dataset.name=synthetic on configs/digits.py."""
-  workdir = root / "synthetic"
-  done = run(command(workdir, CONFIG, "--config.dataset.name=synthetic"))
+  """--config.dataset.name=cifar10 on configs/digits.py (a TFDS name on a config without TFDS fields)."""
+  workdir = root / "cifar10"
+  done = run(command(workdir, CONFIG, "--config.dataset.name=cifar10"))
   lines = error_lines(done.stderr)
-  ok = done.returncode == 1 and len(lines) == 1 and "dataset.name='synthetic'" in lines[0]
+  ok = done.returncode == 1 and len(lines) == 1 and "dataset.name='cifar10'" in lines[0]
   return ok and not workdir.exists(), f"exit {done.returncode}; workdir made: {workdir.exists()}"
 
 

@@ -412,7 +412,11 @@ def test_a_bad_value_or_an_unknown_dataset_for_a_new_workdir_leaves_nothing_behi
   with pytest.raises(ValueError, match="num_self_heads=3 does not divide latent_channels=16"):
     train.train_and_evaluate(tiny(**{"model.num_self_heads": 3}), str(new), tensorboard=False)
   assert not new.exists()
-  with pytest.raises(ValueError, match=r"dataset\.name='synthetic' is not one of this package's sources"):
+  with pytest.raises(ValueError, match=r"dataset\.name='cifar10' is not one of this package's sources"):
+    train.train_and_evaluate(tiny(**{"dataset.name": "cifar10"}), str(new), tensorboard=False)
+  assert not new.exists()
+  # `synthetic` is a source (issue 27) that needs its sizes, which the digits config does not give.
+  with pytest.raises(ValueError, match=r"The synthetic dataset needs dataset\.num_train_examples"):
     train.train_and_evaluate(tiny(**{"dataset.name": "synthetic"}), str(new), tensorboard=False)
   assert not new.exists()
 
