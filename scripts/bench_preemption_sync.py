@@ -87,7 +87,7 @@ def run_pair(mode: str, config: str, workdir: pathlib.Path) -> float:
   # examples_per_s; runs logged before the task-neutral name have images_per_s.
   rates = [m.get("examples_per_s", m.get("images_per_s")) for m in lines if "grad_norm" in m][1:]
   if not rates:
-    sys.exit("error: the run logged images/s once or never; give it more steps than 2 x train.log_every.")
+    sys.exit("error: the run logged examples/s once or never; give it more steps than 2 x train.log_every.")
   return statistics.median(rates)
 
 
@@ -107,7 +107,7 @@ def main() -> None:
       for mode in MODES if r % 2 == 0 else MODES[::-1]:
         rates[mode].append(run_pair(mode, args.config, pathlib.Path(tmp) / f"{mode}{r}"))
   medians = {m: statistics.median(v) for m, v in rates.items()}
-  out = {"config": args.config, "rounds": args.rounds, "images_per_s": rates}
+  out = {"config": args.config, "rounds": args.rounds, "examples_per_s": rates}
   out |= {f"median_{m}": round(v, 1) for m, v in medians.items()}
   out["service_over_allreduce"] = round(medians["service"] / medians["allreduce"], 3)
   print(json.dumps(out))
