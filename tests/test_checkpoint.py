@@ -91,6 +91,20 @@ def test_load_run_of_a_missing_or_unfinished_workdir_says_so(tmp_path, config_lo
     train.load_run(str(tmp_path))
 
 
+def test_reading_checkpoints_joins_no_barrier_of_the_other_processes(tmp_path, monkeypatch):
+  """Process 0 alone reads the config saved with the checkpoints (check_resume without config.json): a
+  read-only manager must not wait at an orbax barrier that the other processes never reach."""
+  import orbax.checkpoint.checkpoint_manager as orbax_manager
+
+  state = {"w": jnp.arange(3.0)}
+  with checkpoint.make_manager(str(tmp_path)) as manager:
+    checkpoint.save(manager, 1, state, {checkpoint.CONFIG: {"seed": 0}})
+  barriers = []
+  monkeypatch.setattr(orbax_manager.multihost, "sync_global_processes", lambda key, **_: barriers.append(key))
+  assert checkpoint.saved_config(str(tmp_path)) == {"seed": 0}
+  assert barriers == []
+
+
 @pytest.mark.slow
 def test_sigterm_mid_run_then_restart_equals_uninterrupted_run(reference, tmp_path, cache_dir):
   ref_dir, ref = reference

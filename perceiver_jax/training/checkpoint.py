@@ -153,6 +153,9 @@ def make_manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.Ch
     create=not read_only,
     read_only=read_only,
     enable_async_checkpointing=not read_only,
+    # Root metadata is written only by a saving manager, and its barrier would make every read-only
+    # manager a collective: process 0 alone reads the checkpoints' config (check_resume).
+    save_root_metadata=not read_only,
   )
   return ocp.CheckpointManager(directory(workdir), options=options)
 
