@@ -64,8 +64,8 @@ class MultimodalFrontEnd(hk.Module):
     for name, (t, m) in zip(self.names, outputs, strict=True):
       b, count, channels = t.shape
       if width > channels:
-        embedding = hk.get_parameter(
-          f"{name}_embedding", [width - channels], t.dtype, init=hk.initializers.TruncatedNormal(0.02)
+        embedding = hk.get_parameter(  # float32 whatever the tokens' dtype (bfloat16 inputs), cast below.
+          f"{name}_embedding", [width - channels], jnp.float32, init=hk.initializers.TruncatedNormal(0.02)
         )
         padding = jnp.broadcast_to(embedding.astype(t.dtype), (b, count, width - channels))
         t = jnp.concatenate([t, padding], axis=-1)
