@@ -7,12 +7,11 @@ would change the model is refused in one line), and `--save_predictions` to writ
 (`scores` [N, K] and `labels` of every eval example).
 """
 
-import ast
 import json
 
 from absl import flags
 
-from perceiver_jax import cli
+from perceiver_jax import cli, config_args
 from perceiver_jax.training import distributed, train
 
 _WORKDIR = flags.DEFINE_string(
@@ -42,10 +41,7 @@ def _parse(argv: list[str]) -> list[str]:
       key, sep, value = arg[len("--config.") :].partition("=")
       if not sep:
         raise ValueError(f"{arg} has no value; write --config.{key}=VALUE.")
-      try:
-        _OVERRIDES[key] = ast.literal_eval(value)
-      except (ValueError, SyntaxError):
-        _OVERRIDES[key] = value
+      _OVERRIDES[key] = config_args.parse_value(value)
     else:
       rest.append(arg)
   return flags.FLAGS(rest)

@@ -18,6 +18,14 @@ from typing import Any
 import ml_collections
 
 
+def parse_value(text: str) -> Any:
+  """An override's value: a Python literal ('3', '0.1', 'None', '(1, 2)'), else the plain string."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
   """Splits 'a,b,k=v' into (['a', 'b'], {'k': v}); values are Python literals or plain strings."""
   words, overrides = [], {}
@@ -27,10 +35,7 @@ def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
       continue
     if "=" in item:
       key, value = (s.strip() for s in item.split("=", 1))
-      try:
-        overrides[key] = ast.literal_eval(value)
-      except (ValueError, SyntaxError):
-        overrides[key] = value
+      overrides[key] = parse_value(value)
     else:
       words.append(item)
   return words, overrides
