@@ -138,9 +138,10 @@ def validate(runs: Sequence[SweepRun]) -> None:
 
   for run in runs:
     config = next(a for a in run.args if a.startswith("--config="))[len("--config=") :]
-    module = config_args.config_module(config.partition(":")[0])
+    path, _, arg = config.partition(":")
+    module = config_args.config_module(path)
     try:
-      built = module.get_config(config.partition(":")[2])
+      built = module.get_config(arg)
       for key, value in _overrides(run.args):
         config_args.set_path(built, key, value)
       train.validate_config(built)
