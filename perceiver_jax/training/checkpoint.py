@@ -116,12 +116,10 @@ def config_from_json(value: str | dict) -> ml_collections.ConfigDict:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of the run in `workdir`, from its config.json, or without one from its newest checkpoint."""
   path = epath.Path(workdir) / run_files.CONFIG
-  tree = saved_config(workdir) if not path.exists() else None
-  if not path.exists() and tree is None:
+  tree = run_files.read_json(path) if path.exists() else saved_config(workdir)
+  if tree is None and not path.exists():
     what = "does not exist" if not epath.Path(workdir).exists() else f"has no config.json ({path})"
     raise FileNotFoundError(f"No run in workdir {workdir!r}: it {what}; train into it first.")
-  if tree is None:
-    tree = run_files.read_json(path)
   if not isinstance(tree, dict):
     raise run_files.RunFileError(f"{path} holds no config (a JSON {type(tree).__name__}); restore it.")
   tree.pop(run_files.CONFIG_CHANGES, None)
