@@ -483,6 +483,8 @@ def test_a_full_disk_under_orbax_is_told_apart_and_its_tracebacks_kept_off_the_l
       raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x"') from e
   except ValueError as error:
     assert checkpoint.disk_full(error) and checkpoint.disk_full(error.__cause__)
+  # tensorstore's message alone (no errno in the chain), as orbax's background save raises it.
+  assert checkpoint.disk_full(ValueError('RESOURCE_EXHAUSTED: Error writing local file "x"'))
   assert not checkpoint.disk_full(ValueError("DATA_LOSS: checksum"))
   assert not checkpoint.disk_full(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate"))
   quiet = [f for f in logging.getLogger("absl").filters if isinstance(f, checkpoint._OrbaxTracebacks)]
