@@ -1,0 +1,103 @@
+"""Sound front ends (front_ends/audio.py): patch layout, masks, the mel filterbank and spectrogram."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from perceiver_jax.front_ends import audio
+from perceiver_jax.models import position_encoding as pe
+from perceiver_jax.models.perceiver import Perceiver
+
+
+def _apply(fn, *args):
+  f = hk.transform(fn)
+  params = f.init(jax.random.PRNGKey(0), *args)
+  return f.apply(params, None, *args)
+
+
+def test_raw_patch_layout_paper_size():
+  # The paper's crop: 61,440 samples at 48 kHz in patches of 128 -> 480 tokens.
+  samples = np.random.default_rng(0).normal(size=(1, 61_440, 1)).astype(np.float32)
+  tokens, mask = _apply(lambda x: audio.AudioFrontEnd((61_440, 1), 128, num_bands=8)(x), samples)
+  assert tokens.shape == (1, 480, 128 + pe.num_fourier_channels(1, 8)) and mask is None
+  np.testing.assert_array_equal(tokens[0, 0, :128], samples[0, :128, 0])
+  np.testing.assert_array_equal(tokens[0, 7, :128], samples[0, 7 * 128 : 8 * 128, 0])
+  # Patch 0 sits at time -1: sines of -pi * bands, cosines of them, then the raw position.
+  bands = np.linspace(1.0, 480 / 2, 8)
+  want = np.concatenate([np.sin(-np.pi * bands), np.cos(-np.pi * bands), [-1.0]])
+  np.testing.assert_allclose(tokens[0, 0, 128:], want, atol=1e-4)
+  assert float(tokens[0, -1, -1]) == 1.0
+
+
+def test_raw_padded_clip_equals_unpadded():
+  """A clip of 100 samples in a 256-sample crop (tail garbage, masked) gives the Perceiver the logits of
+  its own 7 patches alone (the partial 7th patch zero-filled), whatever the tail holds."""
+  rng = np.random.default_rng(1)
+  length, crop, p = 100, 256, 16
+  clip = rng.normal(size=length).astype(np.float32)
+  padded = rng.normal(size=(2, crop, 1)).astype(np.float32)  # Two different tails.
+  padded[:, :length, 0] = clip
+  mask = np.broadcast_to(np.arange(crop) < length, (2, crop))
+
+  def forward(x, m):
+    tokens, token_mask = audio.AudioFrontEnd((crop, 1), p, num_bands=4)(x, input_mask=m)
+    model = Perceiver(
+      3,
+      num_latents=4,
+      latent_channels=16,
+      num_cross_attends=1,
+      num_latent_transformers=1,
+      num_self_attends_per_block=1,
+      num_self_heads=2,
+    )
+    real = -(-length // p)
+    return (
+      model(tokens, input_mask=token_mask, is_training=False),
+      model(tokens[:, :real], is_training=False),
+      token_mask,
+      tokens,
+    )
+
+  masked, alone, token_mask, tokens = _apply(forward, padded, mask)
+  assert token_mask.sum(axis=1).tolist() == [7, 7]
+  np.testing.assert_allclose(masked[0], masked[1], atol=1e-5)
+  np.testing.assert_allclose(masked, alone, atol=1e-5)
+  np.testing.assert_array_equal(tokens[0, 6, :p], np.pad(clip[96:], (0, 12)))
+
+
+def test_mel_filterbank_matches_tf_signal():
+  tf = pytest.importorskip("tensorflow")
+  ours = audio.mel_filterbank(96, 1025, 48_000, 20.0, 24_000.0)
+  theirs = tf.signal.linear_to_mel_weight_matrix(96, 1025, 48_000, 20.0, 24_000.0, dtype=tf.float64).numpy()
+  assert ours.shape == theirs.shape == (1025, 96)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)  # float32 weights in [0, 1].
+
+
+def test_mel_paper_inputs_and_spectrogram():
+  """The defaults give 50 x 96 = 4,800 tokens for 61,440 samples; a 3 kHz tone peaks in the band whose
+  centre is nearest 3 kHz; the log-mel equals tf.signal's stft + the same filterbank (1e-3 in log)."""
+  tf = pytest.importorskip("tensorflow")
+  t = np.arange(61_440) / 48_000
+  x = np.sin(2 * np.pi * 3000 * t).astype(np.float32)[None, :, None]
+
+  def forward(x, keys):
+    fe = audio.MelFrontEnd((61_440, 1), num_bands=4)
+    return fe(x, example_keys=keys), fe.spectrogram(x[..., 0]), fe(x, example_keys=keys, is_training=True)
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 1)
+  (tokens, mask), spec, (augmented, _) = _apply(forward, jnp.asarray(x), keys)
+  assert tokens.shape == (1, 4_800, 1 + pe.num_fourier_channels(2, 4)) and mask is None
+  edges = np.linspace(audio.hz_to_mel(20.0), audio.hz_to_mel(24_000.0), 98)[1:-1]
+  assert int(np.argmax(spec[0, 25])) == int(np.argmin(np.abs(edges - audio.hz_to_mel(3000.0))))
+  stft = tf.signal.stft(x[0, :, 0], 2048, 1200, 2048, window_fn=tf.signal.hann_window, pad_end=False)
+  power = tf.abs(stft).numpy().astype(np.float64) ** 2
+  want = (np.log(power @ audio.mel_filterbank(96, 1025, 48_000, 20.0, 24_000.0) + 1e-6) + 6.0) / 5.0
+  assert want.shape == (50, 96)
+  np.testing.assert_allclose(spec[0], want, atol=2e-3)
+  np.testing.assert_allclose(tokens[0, :, 0].reshape(50, 96), spec[0], atol=1e-6)
+  # SpecAugment: training zeroes whole frames and whole bands, and leaves the rest alone.
+  changed = np.asarray(augmented[0, :, 0] != tokens[0, :, 0]).reshape(50, 96)
+  assert changed.any() and np.all(np.asarray(augmented[0, :, 0]).reshape(50, 96)[changed] == 0)
+  np.testing.assert_array_equal(augmented[0, :, 1:], tokens[0, :, 1:])
