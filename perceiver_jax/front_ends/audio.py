@@ -20,6 +20,7 @@ the batch spec's mask has one flag per sample, [B, S], False on the tail of a cl
   al. 2019; the paper gives no settings) in training only: `num_time_masks` spans of up to
   `max_time_mask` frames and `num_freq_masks` spans of up to `max_freq_mask` bands, set to 0 (the
   standardised mean), drawn from each example's key.
+Both take `position_encoding="none"` to leave the position features out.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import numpy as np
 
 from perceiver_jax.models import position_encoding as pe
 
+POSITION_ENCODINGS = ("fourier", "none")
+
 
 def _check_samples(input_shape: Sequence[int]) -> int:
   if len(input_shape) != 2 or input_shape[1] != 1 or input_shape[0] <= 0:
@@ -40,6 +43,12 @@ def _check_samples(input_shape: Sequence[int]) -> int:
       f"Audio inputs are mono samples [S, 1]: dataset.inputs.shape=(S, 1); got {tuple(input_shape)}."
     )
   return int(input_shape[0])
+
+
+def _check_encoding(position_encoding: str) -> str:
+  if position_encoding not in POSITION_ENCODINGS:
+    raise ValueError(f"input.position_encoding={position_encoding!r} must be one of {POSITION_ENCODINGS}.")
+  return position_encoding
 
 
 def _checked(inputs, input_mask, num_samples: int):
@@ -63,6 +72,7 @@ class AudioFrontEnd(hk.Module):
     self,
     input_shape: Sequence[int],
     samples_per_patch: int = 128,
+    position_encoding: str = "fourier",
     num_bands: int = 64,
     max_resolution: int | None = None,
     name: str | None = None,
@@ -76,12 +86,15 @@ class AudioFrontEnd(hk.Module):
       )
     self.samples_per_patch = samples_per_patch
     self.num_patches = self.num_samples // samples_per_patch
+    self.position_encoding = _check_encoding(position_encoding)
     self.num_bands = num_bands
     self.max_resolution = max_resolution or self.num_patches
     pe.fourier_features(np.zeros((1, 1), np.float32), num_bands, self.max_resolution)  # Checks the bands.
 
   def position_features(self):
-    """[T, P]: Fourier features of the patches' time positions."""
+    """[T, P]: Fourier features of the patches' time positions (P = 0 without position encoding)."""
+    if self.position_encoding == "none":
+      return jnp.zeros((self.num_patches, 0), jnp.float32)
     return pe.fourier_features(pe.grid_positions((self.num_patches,)), self.num_bands, self.max_resolution)
 
   def __call__(self, inputs, *, input_mask=None, example_keys=None):
@@ -156,6 +169,7 @@ class MelFrontEnd(hk.Module):
     upper_hz: float | None = None,
     log_mel_mean: float = -6.0,
     log_mel_std: float = 5.0,
+    position_encoding: str = "fourier",
     num_bands: int = 16,
     max_resolution: Sequence[int] | None = None,
     num_time_masks: int = 2,
@@ -179,6 +193,7 @@ class MelFrontEnd(hk.Module):
       num_mel_bins, frame_length // 2 + 1, sample_rate, lower_hz, upper_hz or sample_rate / 2
     )
     self.log_mel_mean, self.log_mel_std = log_mel_mean, log_mel_std
+    self.position_encoding = _check_encoding(position_encoding)
     self.num_bands = num_bands
     self.max_resolution = tuple(max_resolution or (self.num_frames, num_mel_bins))
     pe.fourier_features(np.zeros((1, 2), np.float32), num_bands, self.max_resolution)  # Checks the bands.
@@ -208,6 +223,7 @@ class MelFrontEnd(hk.Module):
       values = jax.vmap(augment)(example_keys, values)
     b, t, f = values.shape
     pos = pe.fourier_features(pe.grid_positions(self.grid), self.num_bands, self.max_resolution)  # [T, F, P]
+    pos = pos[..., :0] if self.position_encoding == "none" else pos
     pos = jnp.broadcast_to(pos.astype(values.dtype), (b, *pos.shape))
     tokens = jnp.concatenate([values[..., None], pos], axis=-1).reshape(b, t * f, -1)
     if input_mask is None:
