@@ -28,6 +28,7 @@ _VARIANTS = {
   ],
   "benchmark": ["", "paper", "bfloat16", "runlocal"],
   "sounds": ["", "raw", "mel", "runlocal", "mel,runlocal"],
+  "audioset": ["", "raw", "mel", "runlocal", "mel,runlocal"],
 }
 
 
