@@ -10,7 +10,7 @@ from perceiver_jax.data import sounds, spec
 from perceiver_jax.front_ends import audio
 from perceiver_jax.models import position_encoding as pe
 from perceiver_jax.models.perceiver import Perceiver
-from perceiver_jax.training import tasks, train
+from perceiver_jax.training import build, tasks, train
 
 
 def _apply(fn, *args):
@@ -143,3 +143,13 @@ def test_sounds_mel_trains_to_a_map_well_above_random_scores(config_loader, tmp_
   chance = tasks.mean_average_precision(np.random.default_rng(0).random(labels.shape), labels)
   assert result["eval"]["count"] == config.dataset.num_eval_examples
   assert result["eval"]["mAP"] > chance + 0.2, (result["eval"]["mAP"], chance)
+
+
+def test_audioset_config_gives_the_papers_inputs(config_loader):
+  """Table 3's inputs: 480 raw-audio patches of 128 samples, 4,800 mel values; the model unshared, 2 x 8."""
+  raw, mel = config_loader("audioset"), config_loader("audioset", "mel")
+  assert build.token_shape(raw)[0] == 480 and build.token_shape(mel)[0] == 4_800
+  assert build.token_shape(raw)[1] == 128 + pe.num_fourier_channels(1, raw.input.num_bands)
+  m = raw.model
+  assert (m.num_cross_attends, m.num_self_attends_per_block, m.num_classes) == (2, 8, 527)
+  assert not (m.share_cross_attends or m.share_latent_transformers) and raw.task == "multi_label"
