@@ -11,6 +11,7 @@ from conftest import ROOT, load_config
 _ONLY = {
   "data/tfds_input.py": {"imagenet"},
   "data/digits.py": {"digits"},
+  "data/sounds.py": {"sounds"},
   "tools/benchmark.py": {"benchmark"},
 }
 _VARIANTS = {
@@ -26,6 +27,8 @@ _VARIANTS = {
     "runlocal",
   ],
   "benchmark": ["", "paper", "bfloat16", "runlocal"],
+  "sounds": ["", "raw", "mel", "runlocal", "mel,runlocal"],
+  "audioset": ["", "raw", "mel", "runlocal", "mel,runlocal"],
 }
 
 

@@ -50,6 +50,12 @@ def _synthetic() -> ModuleType:
   return synthetic
 
 
+def _sounds() -> ModuleType:
+  from perceiver_jax.data import sounds
+
+  return sounds
+
+
 def _tfds() -> ModuleType:
   from perceiver_jax.data import tfds_input  # Imports TensorFlow: only when a TFDS dataset is asked for.
 
@@ -60,6 +66,7 @@ def _tfds() -> ModuleType:
 # functions above), so that a source's imports are paid only when it is used.
 SOURCES: dict[str, Callable[[], object]] = {
   "digits": _digits,
+  "sounds": _sounds,
   "synthetic": _synthetic,
 }
 

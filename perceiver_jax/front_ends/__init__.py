@@ -8,7 +8,8 @@ module class with
 - `__call__(inputs [B, *input_shape], *, input_mask=None, example_keys=None) -> (tokens [B, M, C],
   token_mask bool [B, M] or None)`. `input_mask` is bool [B, *input_shape[:-1]], one flag per input
   position (True: real, False: padding); the front end carries it to the tokens it makes (through any
-  permutation). `example_keys` [B] are per-example keys, for per-example randomness.
+  permutation). `example_keys` [B] are per-example keys, for per-example randomness. A front end whose
+  `__call__` also takes `is_training` (training-only augmentation: `mel`'s SpecAugment) receives it.
 A front end may have a `grid_shape` attribute: models that need a 2-D grid (ResNet, ViT) get it.
 Inputs of several modalities (a mapping) go to `multimodal`, which composes one front end per modality
 (`config.input.modalities`: {name: {front_end, **settings}}) and pads their tokens to one width with a
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import haiku as hk
 
+from perceiver_jax.front_ends.audio import AudioFrontEnd, MelFrontEnd
 from perceiver_jax.front_ends.images import ImageFrontEnd
 from perceiver_jax.front_ends.multimodal import MultimodalFrontEnd
 from perceiver_jax.front_ends.sequences import SequenceFrontEnd
 
 FRONT_ENDS: dict[str, type[hk.Module]] = {
+  "audio": AudioFrontEnd,
   "image": ImageFrontEnd,
+  "mel": MelFrontEnd,
   "multimodal": MultimodalFrontEnd,
   "sequence": SequenceFrontEnd,
 }

@@ -124,6 +124,11 @@ def model_module(config: ml_collections.ConfigDict, grid_shape=None) -> hk.Modul
   return cls(**kwargs, name=config.model_name)
 
 
+def _takes(cls: type[hk.Module], argument: str) -> bool:
+  """Whether cls.__call__ has this keyword (front ends with training-only augmentation take is_training)."""
+  return argument in inspect.signature(cls.__call__).parameters
+
+
 def takes_input_mask(cls: type[hk.Module]) -> bool:
   """Whether the model's __call__ accepts an `input_mask` (the Perceiver does, the baselines do not)."""
   return "input_mask" in inspect.signature(cls.__call__).parameters
@@ -142,7 +147,10 @@ def make_model(config: ml_collections.ConfigDict, platform: str | None = None) -
 
   def _forward(inputs, *, is_training: bool, input_mask, example_keys, return_attention: bool):
     frontend = front_end(config)
-    tokens, token_mask = frontend(inputs, input_mask=input_mask, example_keys=example_keys)  # [B, M, C]
+    extra = {"is_training": is_training} if _takes(type(frontend), "is_training") else {}
+    tokens, token_mask = frontend(
+      inputs, input_mask=input_mask, example_keys=example_keys, **extra
+    )  # [B, M, C]
     model = model_module(config, getattr(frontend, "grid_shape", None))
     kwargs = {}
     if token_mask is not None:
