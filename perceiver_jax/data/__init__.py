@@ -37,6 +37,18 @@ def _digits() -> ModuleType:
   return digits
 
 
+def _shapes() -> ModuleType:
+  from perceiver_jax.data import shapes
+
+  return shapes
+
+
+def _modelnet40() -> ModuleType:
+  from perceiver_jax.data import modelnet40  # Imports TensorFlow: only when ModelNet40 is asked for.
+
+  return modelnet40
+
+
 def _tfds() -> ModuleType:
   from perceiver_jax.data import tfds_input  # Imports TensorFlow: only when a TFDS dataset is asked for.
 
@@ -47,6 +59,8 @@ def _tfds() -> ModuleType:
 # functions above), so that a source's imports are paid only when it is used.
 SOURCES: dict[str, Callable[[], object]] = {
   "digits": _digits,
+  "shapes": _shapes,
+  "modelnet40": _modelnet40,
 }
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import haiku as hk
 
 from perceiver_jax.front_ends.images import ImageFrontEnd
+from perceiver_jax.front_ends.points import PointsFrontEnd
 
 FRONT_ENDS: dict[str, type[hk.Module]] = {
   "image": ImageFrontEnd,
+  "points": PointsFrontEnd,
 }
