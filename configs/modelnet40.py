@@ -84,7 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     eval_split="test",
     num_train_examples=MODELNET40_TRAIN_EXAMPLES,
   )
-  c.augment = dict(point_scale=(0.99, 1.01))
+  # Per-point scales of the paper's training augmentation; no MixUp or CutMix (hard labels).
+  c.augment = dict(point_scale=(0.99, 1.01), mixup_alpha=0.0, cutmix_alpha=0.0)
   c.optimizer = dict(
     name="lamb",
     learning_rate=1e-3,

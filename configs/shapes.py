@@ -1,11 +1,12 @@
 """The embedded point-cloud default: a Perceiver on `shapes`, ten synthetic 3-D shape classes (no download).
 
 `perceiver_jax.data.shapes`: sphere, ellipsoid, cube, slab, cylinder, capsule, cone, pyramid, torus, ring,
-256 surface points each in a random pose, size, stretch and place, with noise; 2,000 train and 500 test
+256 surface points each in a random pose, size, stretch and place, with noise; 4,000 train and 500 test
 clouds. The paper's ModelNet40 preprocessing (zero-centre; in training per-point scales in [0.99, 1.01],
 then zero-mean and unit-cube normalisation). The model is configs/modelnet40.py's at digits size: 32 x 64
-latents, 2 cross-attends, 2 latent Transformers of 2 blocks; 16 Fourier bands per axis up to frequency 32
-(`max_resolution=64`, 99 channels per point); AdamW with warmup and cosine decay, batch 64.
+latents, 2 cross-attends, 2 latent Transformers of 2 blocks; 8 Fourier bands per axis up to frequency 16
+(`max_resolution=32`, 51 channels per point; 16 bands up to 32 overfit 2,000 clouds: 57% test at 90%
+train); AdamW with warmup and cosine decay, batch 64.
 
 Variants: the rows of Table 4 at this scale, the points laid in a 16 x 16 grid in one random order per
 run (`permutation_seed`) with the same Fourier features as the grid's channels: `resnet` (a ResNet-10
@@ -52,8 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input = dict(
     front_end="points",  # front_ends.points: each point's Fourier features of its own xyz
     position_encoding="fourier",
-    num_bands=16,
-    max_resolution=64,  # Bands 1 .. 32 (max_resolution / 2) over the unit cube [-1, 1].
+    num_bands=8,
+    max_resolution=32,  # Bands 1 .. 16 (max_resolution / 2) over the unit cube [-1, 1].
     grid_shape=None,  # (H, W): the points laid out as an image, for the grid baselines.
     permutation_seed=0,
   )
@@ -62,11 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     num_points=256,
     point_channels=0,
     num_classes=10,
-    num_train_examples=2000,
+    num_train_examples=4000,
     num_eval_examples=500,
     data_seed=0,  # The clouds themselves: the same for every run and seed.
   )
-  c.augment = dict(point_scale=(0.99, 1.01))
+  # Per-point scales of the paper's training augmentation; no MixUp or CutMix (hard labels).
+  c.augment = dict(point_scale=(0.99, 1.01), mixup_alpha=0.0, cutmix_alpha=0.0)
   c.optimizer = dict(
     name="adamw",
     learning_rate=3e-3,

@@ -17,7 +17,7 @@ from etils import epath
 from perceiver_jax import cli
 from perceiver_jax.tools import reproduce, tables
 
-_CONFIGS = {"digits": "digits.py"}
+_CONFIGS = {"digits": "digits.py", "shapes": "shapes.py"}
 _SUITE = flags.DEFINE_enum("suite", "digits", sorted(_CONFIGS), "Which suite of runs.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and the tables go.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every row.")

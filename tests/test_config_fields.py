@@ -11,6 +11,9 @@ from conftest import ROOT, load_config
 _ONLY = {
   "data/tfds_input.py": {"imagenet"},
   "data/digits.py": {"digits"},
+  "data/points.py": {"shapes", "modelnet40"},
+  "data/shapes.py": {"shapes"},
+  "data/modelnet40.py": {"modelnet40"},
   "tools/benchmark.py": {"benchmark"},
 }
 _VARIANTS = {
@@ -26,6 +29,8 @@ _VARIANTS = {
     "runlocal",
   ],
   "benchmark": ["", "paper", "bfloat16", "runlocal"],
+  "shapes": ["", "runlocal", "reproduce", "resnet", "vit2", "vit16", "transformer"],
+  "modelnet40": ["", "runlocal", "resnet50", "vit_b2", "transformer44", "runlocal,vit_b8"],
 }
 
 

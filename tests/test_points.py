@@ -145,3 +145,30 @@ def test_shapes_batches_resume_exactly_and_count_eval_examples_once():
   again = shapes._split("eval", 25, 16, 0)[0]
   np.testing.assert_array_equal(again, eval_clouds)
   assert not np.allclose(shapes._split("eval", 25, 16, 1)[0], eval_clouds)
+
+
+@pytest.mark.slow
+def test_a_tiny_shapes_run_learns_and_is_drawn_and_tabled(tmp_path):
+  """A few-minute miniature of the default: 10 classes (chance 10%), then its pictures and Table 4."""
+  from perceiver_jax.tools import tables, visualize_points
+  from perceiver_jax.training import train
+
+  config = load_config(
+    "shapes",
+    "num_points=64,num_train_examples=1000,num_eval_examples=200,num_bands=8,max_resolution=32,"
+    "num_latents=16,latent_channels=32,num_latent_transformers=1,num_self_attends_per_block=2,"
+    "num_steps=150,warmup_steps=10,eval_every=150,log_every=50,checkpoint.every=150,eval_batch_size=200",
+  )
+  config.train.global_batch_size = 32
+  results = train.train_and_evaluate(config, str(tmp_path), tensorboard=False)
+  assert results["eval"]["count"] == 200
+  assert results["eval"]["top1"] > 0.5
+
+  index = visualize_points.visualize_run(train.load_run(str(tmp_path)), str(tmp_path / "v"), 3, 2)
+  text = open(index).read()
+  assert "![clouds](clouds.png)" in text and (tmp_path / "v" / "attention_2.png").stat().st_size > 5000
+
+  markdown = tables.write_report(tables.find_runs([str(tmp_path)]), str(tmp_path / "tables"))
+  assert "Table 4: point clouds" in markdown and "Table 1" not in markdown
+  perceiver = next(line for line in markdown.splitlines() if line.startswith("| Perceiver |"))
+  assert f"{100 * results['eval']['top1']:.1f}" in perceiver and "85.7" in perceiver

@@ -33,6 +33,16 @@ SUITES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]
     ),
     (("raw", ""), ("permuted", "permuted"), ("random", "permuted_random")),
   ),
+  # Table 4 at shapes scale (configs/shapes.py): the grid baselines and the Perceiver on raw clouds.
+  "shapes": (
+    (
+      ("resnet", "resnet"),
+      *((f"vit{p}", f"vit{p}") for p in (2, 4, 8, 16)),
+      ("transformer", "transformer"),
+      ("perceiver", ""),
+    ),
+    (("raw", ""),),
+  ),
 }
 
 GetConfig = Callable[[str], ml_collections.ConfigDict]
