@@ -1,7 +1,7 @@
 """The embedded point-cloud default: a Perceiver on `shapes`, ten synthetic 3-D shape classes (no download).
 
 `perceiver_jax.data.shapes`: sphere, ellipsoid, cube, slab, cylinder, capsule, cone, pyramid, torus, ring,
-256 surface points each in a random pose, size, stretch and place, with noise; 4,000 train and 500 test
+256 surface points each in a random pose, size, stretch and place, with noise; 8,000 train and 500 test
 clouds. The paper's ModelNet40 preprocessing (zero-centre; in training per-point scales in [0.99, 1.01],
 then zero-mean and unit-cube normalisation). The model is configs/modelnet40.py's at digits size: 32 x 64
 latents, 2 cross-attends, 2 latent Transformers of 2 blocks; 8 Fourier bands per axis up to frequency 16
@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     num_points=256,
     point_channels=0,
     num_classes=10,
-    num_train_examples=4000,
+    num_train_examples=8000,
     num_eval_examples=500,
     data_seed=0,  # The clouds themselves: the same for every run and seed.
   )
@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.train = dict(
     global_batch_size=64,
-    num_steps=600,
+    num_steps=800,
     num_epochs=None,
     label_smoothing=0.1,
     log_every=50,
@@ -92,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     eval_every=200,
     eval_batch_size=250,
   )
-  c.checkpoint = dict(every=300, keep=2)
+  c.checkpoint = dict(every=400, keep=2)
   c.precision = "float32"
   c = ml_collections.ConfigDict(c)
 

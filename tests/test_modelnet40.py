@@ -110,14 +110,25 @@ def test_off_meshes_through_the_prepare_script(tmp_path):
   np.testing.assert_array_equal(a, b)
   on_faces = np.isclose(a, 0, atol=1e-6).any(axis=1) | np.isclose(a[:, 0] / 2 + a[:, 1] + a[:, 2], 1)
   assert np.all(a >= -1e-6) and on_faces.all()  # On the surface of the tetrahedron with x up to 2.
-  # A missing or wrong manual_dir: one line that says what to do.
-  for where in (tmp_path / "nowhere", tmp_path / "data"):
-    done = subprocess.run(
-      [*cmd[:2], f"--manual_dir={where}", f"--data_dir={tmp_path / 'd2'}"],
-      capture_output=True,
-      text=True,
-      timeout=60,
-    )
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 1 and len(lines) == 1, done.stderr
-    assert str(where) in lines[0] and "prepare_modelnet40.py --manual_dir" in lines[0]
+  # The script's answer to a wrong manual_dir: one line, exit status 1.
+  done = subprocess.run(
+    [*cmd[:2], f"--manual_dir={tmp_path / 'nowhere'}", "--data_dir=x"],
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+  assert "is not a directory" in done.stderr and "prepare_modelnet40.py --manual_dir" in done.stderr
+
+
+@pytest.mark.parametrize("where", ["nowhere", "empty", "data"])
+def test_a_missing_or_wrong_manual_dir_is_one_line_that_says_what_to_do(tmp_path, where):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "data" / "modelnet40").mkdir(parents=True)  # A TFDS data_dir is no manual download.
+  (tmp_path / "data" / "modelnet40" / "x.tfrecord").write_bytes(b"")
+  with pytest.raises(FileNotFoundError) as error:
+    modelnet40.prepare_modelnet40(str(tmp_path / where), str(tmp_path / "out"))
+  message = str(error.value)
+  assert "\n" not in message and str(tmp_path / where) in message
+  assert "prepare_modelnet40.py --manual_dir=" in message and "modelnet40_ply_hdf5_2048.zip" in message
+  assert not (tmp_path / "out").exists()  # Nothing written.

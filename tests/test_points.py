@@ -24,7 +24,7 @@ def tiny():
   )
   model = build.make_model(config)
   x = build.dummy_inputs(config, 2)
-  params, state = model.init(jax.random.PRNGKey(0), x, is_training=False)
+  params, state = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, is_training=False))(x)
   params = _randomised(params)
 
   @jax.jit
@@ -70,7 +70,8 @@ def test_a_cloud_padded_with_masked_points_equals_the_unpadded_cloud(tiny):
   config20 = config.copy_and_resolve_references()
   config20.dataset.num_points = 20
   model20 = build.make_model(config20)
-  params, state = model20.init(jax.random.PRNGKey(0), build.dummy_inputs(config20, 2), is_training=False)
+  init = jax.jit(lambda x: model20.init(jax.random.PRNGKey(0), x, is_training=False))
+  params, state = init(build.dummy_inputs(config20, 2))
   params = _randomised(params)
   want = model20.apply(params, state, None, real, is_training=False)[0]
   np.testing.assert_allclose(logits(padded, mask), want, rtol=1e-5, atol=1e-5)
