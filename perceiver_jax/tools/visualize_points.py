@@ -60,9 +60,9 @@ def focused_latents(weights: np.ndarray, count: int) -> np.ndarray:
   return np.argsort(entropy, kind="stable")[: min(count, len(entropy))]
 
 
-def _scatter(fig, where, xyz, colour, title, view, cmap="viridis"):
+def _scatter(fig, where, xyz, colour, title, view, cmap="viridis", size=4.0):
   ax = fig.add_subplot(*where, projection="3d")
-  ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=colour, cmap=cmap, s=4, depthshade=False)
+  ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=colour, cmap=cmap, s=size, depthshade=False)
   ax.view_init(*view)
   ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
   ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
@@ -101,7 +101,8 @@ def draw_attention(cloud, weights: list[np.ndarray], latents: list[np.ndarray], 
         w[n],
         f"{'first' if row == 0 else 'last'} cross-attend, latent {n}\nmax {w[n].max():.3f}",
         _VIEWS[0],
-        cmap="magma",
+        cmap="plasma",
+        size=2.0 + 40.0 * w[n] / max(float(w[n].max()), 1e-12),  # The points read most, drawn largest.
       )
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
