@@ -167,9 +167,9 @@ def test_a_tiny_shapes_run_learns_and_is_drawn_and_tabled(tmp_path):
   assert results["eval"]["count"] == 200
   assert results["eval"]["top1"] > 0.4  # Measured: 0.55 (chance 0.2); 0.67 after 200 steps.
 
-  index = visualize_points.visualize_run(train.load_run(str(tmp_path)), str(tmp_path / "v"), 3, 2)
+  index = visualize_points.visualize_run(train.load_run(str(tmp_path)), str(tmp_path / "v"), 2, 1)
   text = open(index).read()
-  assert "![clouds](clouds.png)" in text and (tmp_path / "v" / "attention_2.png").stat().st_size > 5000
+  assert "![clouds](clouds.png)" in text and (tmp_path / "v" / "attention_1.png").stat().st_size > 5000
 
   markdown = tables.write_report(tables.find_runs([str(tmp_path)]), str(tmp_path / "tables"))
   assert "Table 4: point clouds" in markdown and "Table 1" not in markdown
