@@ -149,6 +149,25 @@ def test_shapes_batches_resume_exactly_and_count_eval_examples_once():
   assert not np.allclose(shapes._split("eval", 25, 16, 1)[0], eval_clouds)
 
 
+def test_each_process_builds_its_own_share_of_the_same_global_batches(monkeypatch):
+  config = load_config("shapes", "num_train_examples=40,num_eval_examples=25,num_points=16")
+  config.train.global_batch_size, config.train.eval_batch_size = 8, 10
+  whole_train = next(data.train_batches(config, start_step=4))
+  whole_eval = list(data.eval_batches(config))
+  shares_train, shares_eval = [], []
+  monkeypatch.setattr(points.jax, "process_count", lambda: 2)
+  for index in (0, 1):
+    monkeypatch.setattr(points.jax, "process_index", lambda index=index: index)
+    shares_train.append(next(data.train_batches(config, start_step=4)))
+    shares_eval.append(list(data.eval_batches(config)))
+  for key in ("inputs", "label"):  # Per-example seeds by global position: the same scales on any split.
+    np.testing.assert_array_equal(np.concatenate([s[key] for s in shares_train]), whole_train[key])
+  assert len(shares_eval[0]) == len(shares_eval[1]) == len(whole_eval)
+  for i, batch in enumerate(whole_eval):
+    for key in ("inputs", "label", "eval_mask"):
+      np.testing.assert_array_equal(np.concatenate([s[i][key] for s in shares_eval]), batch[key])
+
+
 @pytest.mark.slow
 def test_a_tiny_shapes_run_learns_and_is_drawn_and_tabled(tmp_path):
   """A miniature of the default on the five base shapes (chance 20%), then its pictures and Table 4."""
