@@ -33,7 +33,10 @@ def main(argv):
   workdir = _WORKDIR.value
   out = _OUT.value or os.fspath(epath.Path(workdir) / "visualize")
   if visualize_points.is_points_workdir(workdir):  # Any model: the clouds at least.
-    run = train.load_run(workdir)
+    try:
+      run = train.load_run(workdir)
+    except (FileNotFoundError, ValueError) as e:
+      sys.exit(f"visualize: {e}")
     index = visualize_points.visualize_run(run, out, _EXAMPLES.value, min(_LATENTS.value, 4), workdir=workdir)
     print(f"Wrote {index}")
     return
