@@ -78,7 +78,7 @@ class _Files:
           continue  # Not a zip after all: nothing of ModelNet40 in it.
         self.zips[rel] = archive
         for info in archive.infolist():
-          if not info.is_dir():
+          if not info.is_dir() and "__MACOSX/" not in info.filename:  # macOS's resource forks: no data.
             self.files[f"{rel}/{info.filename}"] = (rel, info.filename)
       else:
         self.files[rel] = (path, None)
