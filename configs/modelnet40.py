@@ -43,6 +43,7 @@ def _shapes_config():
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "single_label"  # One class per cloud.
   c.model_name = "perceiver"
   c.model = dict(
     num_classes=40,

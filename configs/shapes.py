@@ -28,6 +28,7 @@ TRANSFORMER_SIDE = 15  # 225 of the 256 points, as the paper's 44 x 44 takes 1,9
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "single_label"  # One class per cloud.
   c.model_name = "perceiver"
   c.model = dict(
     num_classes=10,
