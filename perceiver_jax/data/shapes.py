@@ -3,10 +3,10 @@
 Each class is a trimesh surface: sphere, cube, cylinder, cone, torus, then their near twins: ellipsoid (a
 sphere squashed to 0.7 on one axis), slab (a 1 x 1 x 0.6 box), capsule (a cylinder with round ends),
 pyramid (a cone of four sections), ring (a short thick-walled tube). `dataset.num_classes` (2..10) takes
-the first classes: 5 is the base shapes alone. An example
-is `dataset.num_points` points sampled on the surface, area-weighted (trimesh.sample.sample_surface),
-stretched by a random factor in [0.92, 1.08] per axis (less than the twins differ by), randomly rotated (uniform over rotations), scaled by
-a random size in [0.5, 2] and shifted by a random offset, plus Gaussian noise of 2% of the shape's size.
+the first classes: 5 is the base shapes alone. An example is `dataset.num_points` points sampled on the
+surface, area-weighted (trimesh.sample.sample_surface), stretched by a random factor in [0.92, 1.08] per
+axis (less than the twins differ by), randomly rotated (uniform over rotations), scaled by a random size
+in [0.5, 2] and shifted by a random offset, plus Gaussian noise of 2% of the shape's size.
 Example i of split s is a pure function of (`dataset.data_seed`, s, i): the sets are the same on every
 host and every run. The batches and the paper's preprocessing are `perceiver_jax.data.points`'.
 """
