@@ -1,4 +1,5 @@
-"""The miniature reproduction: every Table 2 row at digits scale, 3 seeds, then the tables.
+"""The miniature reproductions: every Table 2 row at digits scale (or Table 4's at shapes scale), 3 seeds,
+then the tables.
 
 Five models (small ResNet, ViT on 2x2 patches, Transformer over all 64 pixels, Perceiver with Fourier
 features, Perceiver with learned positions) on raw, fixed-permuted and randomly permuted digits, three seeds
