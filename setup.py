@@ -28,6 +28,10 @@ setuptools.setup(
     "scikit-learn>=1.9",
     "matplotlib>=3.9",
     "pillow>=10",
+    # Point clouds: PointNet's ModelNet40 HDF5 files; OFF meshes and seeded area-weighted surface sampling
+    # (plain trimesh needs only numpy; none of its extras).
+    "h5py>=3.10",
+    "trimesh>=4.0",
   ],
   extras_require={
     # Cloud TPU VMs (scripts/setup_tpu_vm.sh); jax[tpu] brings libtpu.

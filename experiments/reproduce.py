@@ -1,6 +1,7 @@
-"""The miniature reproduction of Table 2 on digits: 45 short runs, then the tables.
+"""The miniature reproductions: Table 2 on digits (45 short runs) or Table 4 on shapes (21), then the tables.
 
   python experiments/reproduce.py --suite=digits --workdir=workdirs/reproduce
+  python experiments/reproduce.py --suite=shapes --workdir=workdirs/reproduce_shapes
 
 Rerunning skips finished runs. `--extra=num_steps=20 --seeds=0` makes a quick smoke test. Compiled steps
 are cached in `<workdir>/jax_cache`, so the second and third seeds of a row skip most of the compiling.
@@ -16,7 +17,7 @@ from etils import epath
 from perceiver_jax import cli, config_args
 from perceiver_jax.tools import reproduce, tables
 
-_CONFIGS = {"digits": "digits.py"}
+_CONFIGS = {"digits": "digits.py", "shapes": "shapes.py"}
 _SUITE = flags.DEFINE_enum("suite", "digits", sorted(_CONFIGS), "Which suite of runs.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and the tables go.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every row.")

@@ -2,7 +2,9 @@
 
   python scripts/visualize.py --workdir=W [--examples=4] [--latents=8] [--out=W/visualize]
 
-W is a finished run of experiments/train.py; see docs/visualize.md for what the pictures show.
+W is a finished run of experiments/train.py; see docs/visualize.md for what the pictures show. A point-cloud
+run (input.front_end=points, any model) gets its clouds and, for a Perceiver, at most 4 latents' attention
+over the points (perceiver_jax.tools.visualize_points).
 """
 
 import os
@@ -12,7 +14,8 @@ from absl import app, flags
 from etils import epath
 
 from perceiver_jax import cli
-from perceiver_jax.tools import visualize
+from perceiver_jax.tools import visualize, visualize_points
+from perceiver_jax.training import train
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory written by experiments/train.py.", required=True
@@ -28,12 +31,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   workdir = _WORKDIR.value
+  out = _OUT.value or os.fspath(epath.Path(workdir) / "visualize")
+  if visualize_points.is_points_workdir(workdir):  # Any model: the clouds at least.
+    try:
+      run = train.load_run(workdir)
+    except (FileNotFoundError, ValueError) as e:
+      sys.exit(f"visualize: {e}")
+    index = visualize_points.visualize_run(run, out, _EXAMPLES.value, min(_LATENTS.value, 4), workdir=workdir)
+    print(f"Wrote {index}")
+    return
   try:
     run = visualize.load(workdir)
   except (FileNotFoundError, ValueError) as e:
     # One clear line, not a traceback: nothing is wrong with the code, only with the run asked for.
     sys.exit(f"visualize: {e}")
-  out = _OUT.value or os.fspath(epath.Path(workdir) / "visualize")
   index = visualize.visualize_run(run, out, _EXAMPLES.value, _LATENTS.value, workdir=workdir)
   print(f"Wrote {index}")
 

@@ -12,6 +12,9 @@ _ONLY = {
   "data/tfds_input.py": {"imagenet"},
   "data/digits.py": {"digits"},
   "data/sounds.py": {"sounds"},
+  "data/points.py": {"shapes", "modelnet40"},
+  "data/shapes.py": {"shapes"},
+  "data/modelnet40.py": {"modelnet40"},
   "tools/benchmark.py": {"benchmark"},
 }
 _VARIANTS = {
@@ -29,6 +32,8 @@ _VARIANTS = {
   "benchmark": ["", "paper", "bfloat16", "runlocal"],
   "sounds": ["", "raw", "mel", "runlocal", "mel,runlocal"],
   "audioset": ["", "raw", "mel", "runlocal", "mel,runlocal"],
+  "shapes": ["", "runlocal", "reproduce", "resnet", "vit2", "vit16", "transformer"],
+  "modelnet40": ["", "runlocal", "resnet50", "vit_b2", "transformer44", "runlocal,vit_b8"],
 }
 
 

@@ -56,6 +56,18 @@ def _sounds() -> ModuleType:
   return sounds
 
 
+def _shapes() -> ModuleType:
+  from perceiver_jax.data import shapes
+
+  return shapes
+
+
+def _modelnet40() -> ModuleType:
+  from perceiver_jax.data import modelnet40  # Imports TensorFlow: only when ModelNet40 is asked for.
+
+  return modelnet40
+
+
 def _tfds() -> ModuleType:
   from perceiver_jax.data import tfds_input  # Imports TensorFlow: only when a TFDS dataset is asked for.
 
@@ -68,6 +80,8 @@ SOURCES: dict[str, Callable[[], object]] = {
   "digits": _digits,
   "sounds": _sounds,
   "synthetic": _synthetic,
+  "shapes": _shapes,
+  "modelnet40": _modelnet40,
 }
 
 

@@ -2,7 +2,8 @@
 
 One example's inputs come from the `dataset` section, so that sources, the synthetic source and every tool
 agree without running a pipeline:
-- `dataset.inputs = None`: an image, float32 [image_size, image_size, num_channels], no mask;
+- `dataset.inputs = None`: an image, float32 [image_size, image_size, num_channels], no mask (or, where
+  the dataset declares `num_points`, a point cloud float32 [num_points, 3 + point_channels]);
 - `dataset.inputs = dict(shape=(M, C), dtype="float32", masked=True)`: one array of that shape;
   `masked`: batches carry `input_mask` bool [b, *shape[:-1]] (False for padding positions);
 - `dataset.inputs = dict(audio=dict(shape=...), video=dict(shape=..., masked=True))`: a mapping from
@@ -68,6 +69,12 @@ def _described(dataset: Mapping[str, Any]) -> tuple[Inputs, Any]:
   """(inputs, masked) of one example: masked is a bool, or for a mapping the set of masked modalities."""
   entry = dataset.get("inputs")
   entry = entry.to_dict() if hasattr(entry, "to_dict") else entry  # A ConfigDict is no Mapping.
+  if (
+    entry is None and dataset.get("num_points") is not None
+  ):  # A point cloud: xyz and any per-point channels.
+    return jax.ShapeDtypeStruct(
+      (dataset["num_points"], 3 + dataset.get("point_channels", 0)), np.float32
+    ), False
   if entry is None:
     size, channels = dataset.get("image_size"), dataset.get("num_channels")
     if not (isinstance(size, int) and size > 0 and isinstance(channels, int) and channels > 0):

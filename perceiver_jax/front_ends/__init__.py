@@ -24,6 +24,7 @@ import haiku as hk
 from perceiver_jax.front_ends.audio import AudioFrontEnd, MelFrontEnd
 from perceiver_jax.front_ends.images import ImageFrontEnd
 from perceiver_jax.front_ends.multimodal import MultimodalFrontEnd
+from perceiver_jax.front_ends.points import PointsFrontEnd
 from perceiver_jax.front_ends.sequences import SequenceFrontEnd
 
 FRONT_ENDS: dict[str, type[hk.Module]] = {
@@ -32,4 +33,5 @@ FRONT_ENDS: dict[str, type[hk.Module]] = {
   "mel": MelFrontEnd,
   "multimodal": MultimodalFrontEnd,
   "sequence": SequenceFrontEnd,
+  "points": PointsFrontEnd,
 }

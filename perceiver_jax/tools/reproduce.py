@@ -1,4 +1,5 @@
-"""The miniature reproduction: every Table 2 row at digits scale, 3 seeds, then the tables.
+"""The miniature reproductions: every Table 2 row at digits scale (or Table 4's at shapes scale), 3 seeds,
+then the tables.
 
 Five models (small ResNet, ViT on 2x2 patches, Transformer over all 64 pixels, Perceiver with Fourier
 features, Perceiver with learned positions) on raw, fixed-permuted and randomly permuted digits, three seeds
@@ -32,6 +33,16 @@ SUITES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]
       ("perceiver_learned_pos", "learned_pos"),
     ),
     (("raw", ""), ("permuted", "permuted"), ("random", "permuted_random")),
+  ),
+  # Table 4 at shapes scale (configs/shapes.py): the grid baselines and the Perceiver on raw clouds.
+  "shapes": (
+    (
+      ("resnet", "resnet"),
+      *((f"vit{p}", f"vit{p}") for p in (2, 4, 8, 16)),
+      ("transformer", "transformer"),
+      ("perceiver", ""),
+    ),
+    (("raw", ""),),
   ),
 }
 

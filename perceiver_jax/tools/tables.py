@@ -243,6 +243,34 @@ def tables() -> list[Table]:
   return [table1, table2, interleaved, at_start, sharing, cross_only]
 
 
+def _vit(patch_size: int) -> Callable[[Config], bool]:
+  return lambda c: _is("vit", "fourier")(c) and _model(c).get("patch_size") == patch_size
+
+
+def table4() -> Table:
+  """The paper's Table 4 (ModelNet40): the points arranged randomly in a 2-D grid for the baselines."""
+  return Table(
+    "table4",
+    "Table 4: point clouds, top-1",
+    [
+      Row("PointNet++ (from the literature)", _raw(91.9), lambda c: False),
+      Row("ResNet-50 (FF)", _raw(66.3), _is("resnet", "fourier")),
+      *(Row(f"ViT-B-{p} (FF)", _raw(t), _vit(p)) for p, t in ((2, 78.9), (4, 73.4), (8, 65.3), (16, 59.6))),
+      Row("Transformer (44x44)", _raw(82.1), _is("transformer", "fourier")),
+      Row("Perceiver", _raw(85.7), _perceiver()),
+    ],
+  )
+
+
+def _is_points(config: Config) -> bool:
+  return config["input"].get("front_end") == "points"
+
+
+def tables_for(runs: Sequence[FinishedRun]) -> list[Table]:
+  """Table 4 for point-cloud runs (`input.front_end="points"`), else Tables 1, 2 and the ablations."""
+  return [table4()] if runs and all(_is_points(r.config) for r in runs) else tables()
+
+
 ABLATION_DATASET = "imagenet2012"
 
 
@@ -388,8 +416,8 @@ def render_csv(
 
 
 def row_name(run: FinishedRun) -> str | None:
-  """The first Table 1 or 2 row that `run` belongs to, or None."""
-  for table in tables():
+  """The first Table 1 or 2 row (Table 4 for a point-cloud run) that `run` belongs to, or None."""
+  for table in tables_for([run]):
     if table.ablation:
       continue
     for row in table.rows:
@@ -471,7 +499,7 @@ def report(
   datasets = sorted({r.dataset for r in runs}) or [ABLATION_DATASET]
   out = []
   for dataset in datasets:
-    for table in tables():
+    for table in tables_for([r for r in runs if r.dataset == dataset]):
       cells = fill(table, runs, dataset)
       if table.ablation and (dataset != ABLATION_DATASET or not any(c.n for c in cells.values())):
         continue
