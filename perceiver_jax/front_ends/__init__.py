@@ -11,6 +11,7 @@ module class with
   token_mask bool [B, M] or None)`. `input_mask` is bool [B, *input_shape[:-1]], one flag per input
   position (True: real, False: padding); the front end carries it to the tokens it makes (through any
   permutation). `example_keys` [B] are per-example keys, for per-example randomness.
+A front end with state (BatchNorm) also takes `is_training` in `__call__`; the trainer passes it.
 A front end may have a `grid_shape` attribute: models that need a 2-D grid (ResNet, ViT) get it.
 A new input type is a module here and a line below, plus a data source (`perceiver_jax.data.SOURCES`).
 """
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import haiku as hk
 
-from perceiver_jax.front_ends.images import ImageFrontEnd
+from perceiver_jax.front_ends.images import ConvImageFrontEnd, ImageFrontEnd
 
 FRONT_ENDS: dict[str, type[hk.Module]] = {
   "image": ImageFrontEnd,
+  "image_conv": ConvImageFrontEnd,
 }
