@@ -40,7 +40,8 @@ query residual is off for `io_learned`, as released). Recipe: the released code'
 at 2e-3 for a batch of 1024, flat for 55 epochs then cosine to 0 over 55, weight decay 0.1, clipping at
 10, label smoothing 0.1, the augmentation above). `train.init_from=W` starts from the parameters
 (and BatchNorm statistics) of the run in W, e.g. one `scripts/convert_official_checkpoint.py` wrote; a
-head for another number of classes starts afresh, and the optimizer always does.
+head for another number of classes starts afresh, and the optimizer always does. With `runlocal` the io_*
+networks have the size of the tiny official networks the tests load (16x16 images, 8 x 16 latents).
 """
 
 import ml_collections
@@ -205,10 +206,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   def runlocal_io(c):
     runlocal(c)
+    if c.model.get("head") != "decoder":
+      return
+    # The io_* networks at the size of the tiny official networks in tests/data (16x16 images).
+    c.model.update(num_latents=8, latent_channels=16, num_cross_attends=1, num_self_attends_per_block=2)
+    c.dataset.image_size = 16
     if c.input.front_end == "image_conv":
-      c.input.update(conv_channels=8, max_resolution=(c.dataset.image_size + 3) // 4)
-    elif c.input.get("pixel_channels"):
-      c.input.update(pixel_channels=16, learned_pos_channels=16)
+      c.input.update(conv_channels=8, max_resolution=4)
+    else:
+      c.input.max_resolution = 16
+      if c.input.get("pixel_channels"):
+        c.input.update(pixel_channels=12, learned_pos_channels=12)
 
   variants = {
     "io_fourier": perceiver_io,

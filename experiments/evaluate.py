@@ -1,9 +1,11 @@
 """Evaluates the latest checkpoint of a run: `python experiments/evaluate.py --workdir=W`.
 
 Reads the run's config from W/config.json, writes W/eval_results.json and prints the metrics. Takes the
-same multi-process flags as experiments/train.py.
+same multi-process flags as experiments/train.py, and `--config.a.b=v` overrides of the run's dataset,
+augment and train fields (e.g. `--config.dataset.data_dir=DIR` for a run converted from DeepMind's weights).
 """
 
+import ast
 import json
 
 from absl import flags
@@ -30,9 +32,27 @@ def main(argv):
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
-  results = train.evaluate_run(_WORKDIR.value)
+  results = train.evaluate_run(_WORKDIR.value, _OVERRIDES)
   print(json.dumps(results, indent=2, sort_keys=True))
 
 
+_OVERRIDES: dict = {}
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """absl's parsing of argv but the `--config.a.b=v` overrides, which go to `_OVERRIDES`."""
+  rest = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      key, _, value = arg[len("--config.") :].partition("=")
+      try:
+        _OVERRIDES[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        _OVERRIDES[key] = value
+    else:
+      rest.append(arg)
+  return flags.FLAGS(rest)
+
+
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, parse=_parse)

@@ -29,9 +29,9 @@ from etils import epath
 from jax import lax
 from jax.sharding import Sharding
 
-from perceiver_jax import data
+from perceiver_jax import config_args, data
 from perceiver_jax.models.checks import check_positive
-from perceiver_jax.training import build, checkpoint, optim, parallel, run_files
+from perceiver_jax.training import build, checkpoint, optim, parallel, run_files, warm_start
 from perceiver_jax.training.metric_writer import MetricWriter
 
 # Folded into a step's key to derive independent streams.
@@ -461,6 +461,16 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
     run_files.write_json(epath.Path(workdir) / run_files.CONFIG, config_json)
   if train_state is None:
     train_state, start = trainer.init(), 0
+    if t.init_from:  # A new run that starts from another run's parameters (training/warm_start.py).
+      source = load_run(t.init_from, sharding=parallel.replicated(trainer.mesh))
+      train_state = warm_start.start_from(
+        train_state,
+        source,
+        trainer.optimizer,
+        t.init_from,
+        config.model_name,
+        parallel.replicated(trainer.mesh),
+      )
   else:
     logging.info("Resuming from the checkpoint of step %d in %s.", start, manager.directory)
   history = writer.keep_until(start)
@@ -592,13 +602,28 @@ def load_run(workdir: str, step: int | None = None, sharding: Sharding | None = 
   return Run(config, state, restored)
 
 
-def evaluate_run(workdir: str) -> dict[str, Any]:
+# The config sections `evaluate_run`'s overrides may change: where and how the data is read, not the model.
+EVAL_OVERRIDABLE = ("dataset", "augment", "train")
+
+
+def evaluate_run(workdir: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
   """Evaluates the latest checkpoint of the run in `workdir`; process 0 writes eval_results.json.
+
+  `overrides`: {dotted config field: value} applied to the run's config first, in EVAL_OVERRIDABLE
+  (e.g. `dataset.data_dir`: a run converted from elsewhere has none); recorded in eval_results.json.
 
   Raises:
     FileNotFoundError: `workdir` holds no run or no readable checkpoint.
+    ValueError: an override outside EVAL_OVERRIDABLE or of no config field.
   """
-  trainer = Trainer(checkpoint.load_config(workdir))
+  config = checkpoint.load_config(workdir)
+  for key, value in (overrides or {}).items():
+    if key.split(".")[0] not in EVAL_OVERRIDABLE:
+      raise ValueError(
+        f"--config.{key}: evaluation may override only {', '.join(EVAL_OVERRIDABLE)} fields, not the model."
+      )
+    config_args.set_path(config, key, value)
+  trainer = Trainer(config)
   run = load_run(workdir, sharding=parallel.replicated(trainer.mesh))
   eval_metrics = trainer.evaluate(run.state)
   results = {
@@ -606,6 +631,8 @@ def evaluate_run(workdir: str) -> dict[str, Any]:
     "step": run.step,
     "params_checksum": checkpoint.params_checksum(run.state.params),
   }
+  if overrides:
+    results["config_overrides"] = dict(overrides)
   if jax.process_index() == 0:
     run_files.write_json(epath.Path(workdir) / "eval_results.json", results)
   return results
