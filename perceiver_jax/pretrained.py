@@ -348,53 +348,74 @@ def official_config(
   return kind, config
 
 
-def convert(official: dict, config: ml_collections.ConfigDict, kind: str) -> tuple[dict, dict]:
-  """Official {'params', 'state'} -> this project's (params, state) for `config`, one to one.
+def plan(official_shapes: dict, config: ml_collections.ConfigDict, kind: str) -> dict:
+  """Where each official array goes: {(part, module, name): (our module, our name, how)}, `how` one of
+  None, 'fourier_rows' (rows permuted by `_fourier_channel_order`) and 'conv1x1' ([1, 1, C, P] -> [C, P]).
 
-  Every official array goes to exactly one of this project's, of the same shape once permuted or reshaped,
-  and every one of this project's is filled: CheckpointError otherwise, naming what is left over.
+  `official_shapes` is {'params': {module: {name: shape}}, 'state': ...}. Checked one to one: every official
+  array goes to exactly one of this project's, of its shape, and every one of this project's gets one;
+  CheckpointError otherwise, naming what is left over.
   """
   target_params, target_state = jax.eval_shape(
     lambda: build.make_model(config).init(
       jax.random.PRNGKey(0), build.dummy_inputs(config, 1), is_training=True, example_keys=None
     )
   )
+  input_side = {"input_norm": ("scale", "offset"), "attention/key": ("w",), "attention/value": ("w",)}
+  targets = {"params": target_params, "state": target_state}
+  out = {}
+  for part in ("params", "state"):
+    mapping = module_map(official_shapes[part], config.model_name)
+    filled = set()
+    for module, leaves in official_shapes[part].items():
+      ours, rename = mapping[module]
+      for name, shape in leaves.items():
+        shape, how = tuple(shape), None
+        ours_name = rename or name
+        suffix = ours.rpartition("cross_attend_0/")[2]
+        if kind != "learned" and "cross_attend_0/" in ours and name in input_side.get(suffix, ()):
+          how = "fourier_rows"
+        if ours == "front_end/pixel_projection" and name == "w":
+          how, shape = "conv1x1", shape[-2:]
+        want = targets[part].get(ours, {}).get(ours_name)
+        if want is None:
+          raise CheckpointError(f"{module}/{name} has no place in this project's {kind} network")
+        if tuple(want.shape) != shape:
+          raise CheckpointError(
+            f"{module}/{name} is {shape}; this project's {ours}/{ours_name} is {tuple(want.shape)}"
+          )
+        if (ours, ours_name) in filled:
+          raise CheckpointError(f"two official arrays map to {ours}/{ours_name}")
+        filled.add((ours, ours_name))
+        out[(part, module, name)] = (ours, ours_name, how)
+    missing = [f"{m}/{n}" for m, leaves in targets[part].items() for n in leaves if (m, n) not in filled]
+    if missing:
+      listed = ", ".join(missing[:5])
+      raise CheckpointError(f"the checkpoint has no {part} for {listed}; {_EXPECTED} expected")
+  return out
+
+
+def convert(official: dict, config: ml_collections.ConfigDict, kind: str) -> tuple[dict, dict]:
+  """Official {'params', 'state'} -> this project's (params, state) for `config`, one to one (`plan`)."""
+  shapes = {
+    part: {m: {n: v.shape for n, v in leaves.items()} for m, leaves in official[part].items()}
+    for part in official
+  }
   order = None
   if kind != "learned":
     features = 3 if kind == "fourier" else config.input.conv_channels
     order = _fourier_channel_order(features, config.input.num_bands)
-  input_side = {"input_norm": ("scale", "offset"), "attention/key": ("w",), "attention/value": ("w",)}
   out = {"params": {}, "state": {}}
-  targets = {"params": target_params, "state": target_state}
-  for part in ("params", "state"):
-    mapping = module_map(official[part], config.model_name)
-    for module, leaves in official[part].items():
-      ours, rename = mapping[module]
-      for name, value in leaves.items():
-        value = np.asarray(value)
-        ours_name = rename or name
-        suffix = ours.rpartition("cross_attend_0/")[2]
-        if order is not None and "cross_attend_0/" in ours and name in input_side.get(suffix, ()):
-          value = value[order]
-        if ours == "front_end/pixel_projection" and name == "w":
-          value = value.reshape(value.shape[-2], value.shape[-1])  # [1, 1, C, P] -> [C, P]
-        want = targets[part].get(ours, {}).get(ours_name)
-        if want is None:
-          raise CheckpointError(f"{module}/{name} has no place in this project's {kind} network")
-        if tuple(want.shape) != value.shape:
-          raise CheckpointError(
-            f"{module}/{name} is {value.shape}; this project's {ours}/{ours_name} is {tuple(want.shape)}"
-          )
-        if ours_name in out[part].setdefault(ours, {}):
-          raise CheckpointError(f"two official arrays map to {ours}/{ours_name}")
-        out[part][ours][ours_name] = value.astype(want.dtype)
-    filled = out[part]
-    missing = [
-      f"{m}/{n}" for m, leaves in targets[part].items() for n in leaves if n not in filled.get(m, {})
-    ]
-    if missing:
-      listed = ", ".join(missing[:5])
-      raise CheckpointError(f"the checkpoint has no {part} for {listed}; {_EXPECTED} expected")
+  for (part, module, name), (ours, ours_name, how) in plan(shapes, config, kind).items():
+    value = np.asarray(official[part][module][name])
+    if how == "fourier_rows":
+      value = value[order]
+    elif how == "conv1x1":
+      value = value.reshape(value.shape[-2:])
+    # This project's parameters are float32 (BatchNorm's counter int32), as the released ones are.
+    out[part].setdefault(ours, {})[ours_name] = value.astype(
+      np.int32 if value.dtype.kind in "iu" else np.float32
+    )
   return out["params"], out["state"]
 
 
