@@ -403,7 +403,8 @@ def convert(official: dict, config: ml_collections.ConfigDict, kind: str) -> tup
   }
   order = None
   if kind != "learned":
-    features = 3 if kind == "fourier" else config.input.conv_channels
+    conv = official["params"].get(_PREP + "~/conv2_d_downsample/~/conv", {})
+    features = conv["w"].shape[-1] if kind == "conv" else 3
     order = _fourier_channel_order(features, config.input.num_bands)
   out = {"params": {}, "state": {}}
   for (part, module, name), (ours, ours_name, how) in plan(shapes, config, kind).items():

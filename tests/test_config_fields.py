@@ -24,6 +24,10 @@ _VARIANTS = {
     "cross_attends_at_start",
     "cross_attends_only",
     "runlocal",
+    "io_fourier",
+    "io_learned",
+    "io_conv",
+    "io_conv,runlocal",
   ],
   "benchmark": ["", "paper", "bfloat16", "runlocal"],
 }
