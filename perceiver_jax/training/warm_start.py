@@ -4,7 +4,8 @@ Every parameter and Haiku state array of the new model is taken from the source 
 name and shape. The one exception is the class projection (`<model_name>/classifier`): when the number of
 classes differs it keeps its fresh initialisation (zeros), a new head for the new dataset. Anything else that
 does not match (a parameter only one side has, another shape) is refused with one line, since it means
-another architecture. The optimizer state starts afresh, at step 0.
+another architecture. The optimizer state starts afresh, at step 0. Only a new run starts so: a run that
+resumes from its own checkpoint ignores `init_from`.
 """
 
 from __future__ import annotations
