@@ -114,7 +114,7 @@ def check_globals(data: bytes) -> None:
         if (module, attr) not in _ALLOWED:
           raise UnsafeCheckpointError(_refusal(module, attr))
       elif name == "STACK_GLOBAL":
-        module, attr = (recent[-2:] + [None, None])[:2] if len(recent) >= 2 else (None, None)
+        module, attr = recent[-2:] if len(recent) >= 2 else (None, None)
         if not (isinstance(module, str) and isinstance(attr, str)):
           raise UnsafeCheckpointError(
             "refused: the pickle names a global that cannot be read without running"
@@ -150,11 +150,14 @@ def read_checkpoint(path: str) -> dict[str, dict[str, dict[str, np.ndarray]]]:
   if not file.is_file():
     raise FileNotFoundError(f"No checkpoint file {path}; pass the downloaded .pystate file.")
   data = file.read_bytes()
-  check_globals(data)
+  try:
+    check_globals(data)
+  except CheckpointError as e:
+    raise type(e)(f"{path}: {e}") from None
   try:
     ckpt = _RestrictedUnpickler(io.BytesIO(data)).load()
-  except UnsafeCheckpointError:
-    raise
+  except UnsafeCheckpointError as e:
+    raise UnsafeCheckpointError(f"{path}: {e}") from None
   except Exception as e:
     raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}); {_EXPECTED} expected") from None
   if not (isinstance(ckpt, dict) and set(ckpt) == {"params", "state"}):
