@@ -5,7 +5,6 @@ The tiny official networks and their logits are in tests/data/official_perceiver
 """
 
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -15,7 +14,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, child_env, load_config, run, train_command
+from conftest import child_env, load_config, run, train_command
 
 from perceiver_jax import pretrained
 from perceiver_jax.training import build, warm_start
@@ -219,6 +218,17 @@ def test_warm_start_takes_every_array_and_a_new_head_only_for_another_class_coun
     warm_start.warm_start(fresh, {}, {**source, "perceiver/extra": {"w": np.zeros(1)}}, {}, "perceiver", "W")
 
 
+def test_evaluation_overrides_only_what_does_not_change_the_model(tmp_path):
+  from perceiver_jax.training import run_files, train
+
+  config = load_config("imagenet", "io_fourier,runlocal")
+  run_files.write_json(tmp_path / run_files.CONFIG, json.loads(config.to_json_best_effort()))
+  with pytest.raises(ValueError, match="may override only dataset, augment, train fields, not the model"):
+    train.evaluate_run(str(tmp_path), {"model.num_latents": 4})
+  with pytest.raises(ValueError, match="names no config field; nearest: dataset.data_dir"):
+    train.evaluate_run(str(tmp_path), {"dataset.data_dirr": "D"})
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The io_* configs train from scratch (the conv one with its BatchNorm state across devices).
 
@@ -257,13 +267,6 @@ def fake_imagenet(tmp_path_factory):
   tfds_input.write_fake_imagenet(str(root / "manual"), train_per_class=2, num_val=5)
   tfds_input.prepare_imagenet(str(root / "manual"), str(root / "data"))
   return root / "data"
-
-
-def _script(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.mark.slow
@@ -325,9 +328,9 @@ def test_convert_evaluate_and_fine_tune_through_the_scripts(fake_imagenet, tmp_p
 
   # Fine-tune the 10-class tiny network on (fake) ImageNet's 1000 classes: a new head, a fresh optimizer.
   w10 = tmp_path / "converted10"
-  _script("convert_official_checkpoint").convert(
-    str(DATA / "tiny_fourier.pkl"), str(w10), **tiny_args("fourier")
-  )
+  convert = [sys.executable, "scripts/convert_official_checkpoint.py", f"--workdir={w10}", *shape_flags]
+  done = run([*convert, f"--checkpoint={DATA / 'tiny_fourier.pkl'}"], env)
+  assert done.returncode == 0, done.stderr[-2000:]
   tuned = tmp_path / "tuned"
   done = run(
     train_command(
