@@ -89,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     profile_steps=0,
     eval_every=100,
     eval_batch_size=32,
+    # A run directory whose parameters the run starts from (configs/imagenet.py).
+    init_from=ml_collections.config_dict.placeholder(str),
   )
   c.precision = "float32"
   c.benchmark = dict(

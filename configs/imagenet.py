@@ -34,6 +34,20 @@ over the data: `--config.train.num_epochs=220` (137,720 steps) trains about as l
 `learned_pos`, `permuted` (one fixed permutation), `permuted_random` (a fresh one per example),
 `cross_attends_at_start`, `cross_attends_only`, `runlocal` (a tiny model and batch, a few steps: the same code
 path on a laptop CPU), and key=value overrides such as `num_cross_attends=4`.
+
+Perceiver IO's ImageNet classifiers (Jaegle et al. 2021b, "Perceiver IO", Sec. 4.5 and its appendix; the
+three networks DeepMind released, `perceiver_jax.pretrained`): `io_fourier` (pixels + Fourier features,
+48.4M parameters, 79.0% top-1 in the paper), `io_learned` (a 1x1 convolution of the pixels to 256 channels
++ a learned 50,176 x 256 position table projected by a Linear, 62.3M, 72.7%), `io_conv` (7x7/2 convolution
+to 64 channels, BatchNorm, ReLU, 3x3/2 max-pool, Fourier features of the 56x56 grid, 48.6M, 82.1%). The
+encoder is this Perceiver with one cross-attend (the latent Transformer of 6 blocks run 8 times with shared
+weights) and the head a decoder (`model.head='decoder'`: a learned query cross-attends to the latents; its
+query residual is off for `io_learned`, as released). Recipe: the released code's (`official_recipe`: LAMB
+at 2e-3 for a batch of 1024, flat for 55 epochs then cosine to 0 over 55, weight decay 0.1, clipping at
+10, label smoothing 0.1, the augmentation above). `train.init_from=W` starts from the parameters
+(and BatchNorm statistics) of the run in W, e.g. one `scripts/convert_official_checkpoint.py` wrote; a
+head for another number of classes starts afresh, and the optimizer always does. With `runlocal` the io_*
+networks have the size of the tiny official networks the tests load (16x16 images, 8 x 16 latents).
 """
 
 import ml_collections
@@ -106,6 +120,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     mixup_alpha=0.2,
     cutmix_alpha=1.0,
     eval_crop_fraction=224 / 256,
+    # Per-channel mean and std (fractions of 255) the images are normalised with, train and eval: ImageNet's,
+    # as DeepMind's Perceiver IO colab and training code use them on 0..255 pixels.
+    normalize_mean=(0.485, 0.456, 0.406),
+    normalize_std=(0.229, 0.224, 0.225),
   )
   c.optimizer = dict(
     name="lamb",
@@ -130,6 +148,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     profile_steps=0,
     eval_every=5000,
     eval_batch_size=1024,
+    # A run directory whose parameters the run starts from (see the docstring).
+    init_from=ml_collections.config_dict.placeholder(str),
   )
   c.checkpoint = dict(every=2000, keep=3)
   c.precision = "float32"
@@ -175,7 +195,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.checkpoint.every = 3
 
+  def perceiver_io(c, decoder_query_residual=True):
+    c.model.update(num_cross_attends=1, head="decoder", decoder_num_heads=1)
+    c.model.decoder_query_residual = decoder_query_residual
+    official_recipe(c)
+
+  def io_learned(c):
+    perceiver_io(c, decoder_query_residual=False)
+    c.input.update(position_encoding="learned", learned_pos_channels=256, pixel_channels=256)
+    c.input.project_positions = True
+
+  def io_conv(c):
+    perceiver_io(c)
+    size = c.dataset.image_size
+    c.input = ml_collections.ConfigDict(
+      dict(front_end="image_conv", conv_channels=64, position_encoding="fourier", num_bands=64)
+    )
+    c.input.max_resolution = (size + 3) // 4  # The pooled grid's side: 56 at 224.
+
+  def runlocal_io(c):
+    runlocal(c)
+    if c.model.get("head") != "decoder":
+      return
+    # The io_* networks at the size of the tiny official networks in tests/data (16x16 images).
+    c.model.update(num_latents=8, latent_channels=16, num_cross_attends=1, num_self_attends_per_block=2)
+    c.dataset.image_size = 16
+    if c.input.front_end == "image_conv":
+      c.input.update(conv_channels=8, max_resolution=4)
+    else:
+      c.input.max_resolution = 16
+      if c.input.get("pixel_channels"):
+        c.input.update(pixel_channels=12, learned_pos_channels=12)
+
   variants = {
+    "io_fourier": perceiver_io,
+    "io_learned": io_learned,
+    "io_conv": io_conv,
     "official_recipe": official_recipe,
     "unshared": unshared,
     "learned_pos": learned_pos,
@@ -183,7 +238,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     "permuted_random": lambda c: setattr(c.input, "permutation", "random"),
     "cross_attends_at_start": lambda c: setattr(c.model, "cross_attend_layout", "start"),
     "cross_attends_only": cross_attends_only,
-    "runlocal": runlocal,
+    "runlocal": runlocal_io,
   }
   return config_args.apply_arg(c, arg, _with_baselines(variants, arg))
 

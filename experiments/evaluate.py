@@ -7,6 +7,7 @@ would change the model is refused in one line), and `--save_predictions` to writ
 (`scores` [N, K] and `labels` of every eval example).
 """
 
+import ast
 import json
 
 from absl import flags
@@ -57,6 +58,24 @@ def main(argv):
   distributed.check_same_config(None, flags={"--workdir": _WORKDIR.value, **overrides})
   results = train.evaluate_run(_WORKDIR.value, _OVERRIDES, save_predictions=_SAVE_PREDICTIONS.value)
   print(json.dumps(results, indent=2, sort_keys=True))
+
+
+_OVERRIDES: dict = {}
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """absl's parsing of argv but the `--config.a.b=v` overrides, which go to `_OVERRIDES`."""
+  rest = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      key, _, value = arg[len("--config.") :].partition("=")
+      try:
+        _OVERRIDES[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        _OVERRIDES[key] = value
+    else:
+      rest.append(arg)
+  return flags.FLAGS(rest)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ def draw(config, photo: bytes, other: bytes, rows: int, cols: int, path: str) ->
     tfds_input._train_params(config), tfds_input._seed(config.seed, 0, tfds_input._AUGMENT)
   )
   size, channels = config.dataset.image_size, config.dataset.num_channels
-  evaluate = tfds_input._eval_fn(channels, size, float(config.augment.eval_crop_fraction))
+  evaluate = tfds_input._eval_fn(
+    channels, size, float(config.augment.eval_crop_fraction), tfds_input._normalization(config)
+  )
 
   def augmented(data: bytes, first: int, count: int) -> np.ndarray:
     out = [

@@ -16,6 +16,7 @@ MAY_IMPORT = {
   "cli": {"config_args"},
   "training": {"models", "front_ends", "data", "config_args"},
   "tools": {"models", "front_ends", "data", "config_args", "training", "cli"},
+  "pretrained": {"models", "front_ends", "training"},
 }
 
 

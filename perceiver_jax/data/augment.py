@@ -112,13 +112,14 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
-def normalize(image: tf.Tensor) -> tf.Tensor:
-  """[0, 255] -> (x / 255 - mean) / std with ImageNet's statistics; 1-channel images use their averages."""
+def normalize(image: tf.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tf.Tensor:
+  """[0, 255] -> (x / 255 - mean) / std per channel (ImageNet's statistics unless given, in fractions of
+  255, as DeepMind's Perceiver IO colab applies them); 1-channel images use their averages."""
   channels = image.shape[-1]
   if channels == 3:
-    mean, std = np.float32(IMAGENET_MEAN), np.float32(IMAGENET_STD)
+    mean, std = np.float32(mean), np.float32(std)
   elif channels == 1:
-    mean, std = np.float32([np.mean(IMAGENET_MEAN)]), np.float32([np.mean(IMAGENET_STD)])
+    mean, std = np.float32([np.mean(mean)]), np.float32([np.mean(std)])
   else:
     raise ValueError(f"normalize handles 1 or 3 channels, got an image of shape {image.shape}.")
   shift, scale = 255 * mean, 1 / (255 * std)

@@ -214,7 +214,18 @@ def _train_params(config: ml_collections.ConfigDict) -> tuple:
     bool(aug.flip),
     int(aug.randaugment_layers),
     float(aug.randaugment_magnitude),
+    _normalization(config),
   )
+
+
+def _normalization(config: ml_collections.ConfigDict) -> tuple:
+  """(mean, std) per channel, fractions of 255: `augment.normalize_mean` and `augment.normalize_std`."""
+  mean, std = tuple(config.augment.normalize_mean), tuple(config.augment.normalize_std)
+  if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+    raise ValueError(
+      f"augment.normalize_mean={mean} and augment.normalize_std={std} must be 3 values each (std positive)."
+    )
+  return tuple(map(float, mean)), tuple(map(float, std))
 
 
 @functools.lru_cache(maxsize=16)
@@ -223,7 +234,8 @@ def _train_fn(params: tuple, key: int):
 
   The official Perceiver code's order: crop, flip and RandAugment at the crop's own size, then resize.
   """
-  channels, size, area, aspect, min_covered, fallback, flip, layers, magnitude = params
+  channels, size, area, aspect, min_covered, fallback, flip, layers, magnitude, *normalization = params
+  mean, std = normalization[0] if normalization else (augment.IMAGENET_MEAN, augment.IMAGENET_STD)
 
   def preprocess(image_bytes, label, index):
     seed = tf.stack([tf.constant(key, tf.int64), index])
@@ -241,20 +253,22 @@ def _train_fn(params: tuple, key: int):
       image = augment.random_flip(image, flip_seed)
     if layers > 0:
       image = augment.randaugment(image, randaugment_seed, layers, magnitude)
-    return augment.normalize(augment.resize(image, size)), label
+    return augment.normalize(augment.resize(image, size), mean, std), label
 
   signature = [tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64)]
   return tf.function(preprocess, input_signature=signature, autograph=False)
 
 
 @functools.lru_cache(maxsize=16)
-def _eval_fn(channels: int, size: int, crop_fraction: float):
-  """(encoded image, label) -> (float32 [S, S, C] centre crop, label)."""
+def _eval_fn(
+  channels: int, size: int, crop_fraction: float, normalization=(augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+):
+  """(encoded image, label) -> (float32 [S, S, C] centre crop, label); normalization: (mean, std)."""
 
   def preprocess(image_bytes, label):
     box = functools.partial(augment.central_crop_box, fraction=crop_fraction)
     image = augment.resize(augment.decode_and_crop(image_bytes, box, channels), size)
-    return augment.normalize(image), label
+    return augment.normalize(image, *normalization), label
 
   signature = [tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)]
   return tf.function(preprocess, input_signature=signature, autograph=False)
@@ -454,7 +468,7 @@ def eval_batches(
   filler = (tf.zeros([size, size, channels], tf.float32), tf.constant(0, tf.int32), False)
   padding = tf.data.Dataset.from_tensors(filler).repeat(num_batches * batch - (stop - start))
   if stop > start:
-    preprocess = _eval_fn(channels, size, float(config.augment.eval_crop_fraction))
+    preprocess = _eval_fn(channels, size, float(config.augment.eval_crop_fraction), _normalization(config))
     examples = source.read(split, start, stop).map(
       lambda image, label: (*preprocess(image, label), True), num_parallel_calls=tf.data.AUTOTUNE
     )

@@ -9,7 +9,8 @@ module class with
   token_mask bool [B, M] or None)`. `input_mask` is bool [B, *input_shape[:-1]], one flag per input
   position (True: real, False: padding); the front end carries it to the tokens it makes (through any
   permutation). `example_keys` [B] are per-example keys, for per-example randomness. A front end whose
-  `__call__` also takes `is_training` (training-only augmentation: `mel`'s SpecAugment) receives it.
+  `__call__` also takes `is_training` (training-only augmentation: `mel`'s SpecAugment; BatchNorm state:
+  `image_conv`) receives it.
 A front end may have a `grid_shape` attribute: models that need a 2-D grid (ResNet, ViT) get it.
 Inputs of several modalities (a mapping) go to `multimodal`, which composes one front end per modality
 (`config.input.modalities`: {name: {front_end, **settings}}) and pads their tokens to one width with a
@@ -22,7 +23,7 @@ from __future__ import annotations
 import haiku as hk
 
 from perceiver_jax.front_ends.audio import AudioFrontEnd, MelFrontEnd
-from perceiver_jax.front_ends.images import ImageFrontEnd
+from perceiver_jax.front_ends.images import ConvImageFrontEnd, ImageFrontEnd
 from perceiver_jax.front_ends.multimodal import MultimodalFrontEnd
 from perceiver_jax.front_ends.points import PointsFrontEnd
 from perceiver_jax.front_ends.sequences import SequenceFrontEnd
@@ -34,4 +35,5 @@ FRONT_ENDS: dict[str, type[hk.Module]] = {
   "multimodal": MultimodalFrontEnd,
   "sequence": SequenceFrontEnd,
   "points": PointsFrontEnd,
+  "image_conv": ConvImageFrontEnd,
 }

@@ -574,6 +574,8 @@ class CrossAttentionBlock(hk.Module):
   """Latents attend to the inputs (pre-LayerNorm on both), then an MLP; both residual.
 
   q/k/v widths default to the inputs' channels C (the paper's choice: the smaller side).
+  `query_residual=False` drops the attention's residual (the output is the attention alone, then the MLP's
+  residual): Perceiver IO's decoder of the learned-position ImageNet network.
   """
 
   def __init__(
@@ -586,6 +588,7 @@ class CrossAttentionBlock(hk.Module):
     attention_impl: str = "xla",
     chunk_size: int | None = None,
     fold_projections: bool | None = None,
+    query_residual: bool = True,
     name: str | None = None,
   ):
     super().__init__(name=name)
@@ -597,6 +600,7 @@ class CrossAttentionBlock(hk.Module):
     self.attention_impl = attention_impl
     self.chunk_size = chunk_size
     self.fold_projections = fold_projections
+    self.query_residual = query_residual
 
   @hk.name_like("__call__")
   def _attention(self, input_channels: int, output_channels: int | None) -> MultiHeadAttention:
@@ -659,7 +663,8 @@ class CrossAttentionBlock(hk.Module):
       return_weights=return_weights,
     )
     x, weights = x if return_weights else (x, None)
-    latents = latents + _dropout(x, self.dropout_rate, is_training)
+    x = _dropout(x, self.dropout_rate, is_training)
+    latents = latents + x if self.query_residual else x
     mlp_norm = _NormParams(name="mlp_norm")(d)
     mlp = MLP(self.widening_factor, self.dropout_rate, name="mlp")
     latents = latents + mlp(normalize(latents), is_training=is_training, norm=mlp_norm)

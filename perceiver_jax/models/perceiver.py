@@ -29,6 +29,12 @@ Speed and memory switches (docs/performance.md); none changes the function or th
   the paper model's train step compiles for a v5e chip in 0.61-0.62 of the time (docs/performance.md).
 - `remat`: every block is rematerialised in the backward pass (`hk.remat`): with `scan_repeats`, memory
   no longer grows with depth beyond the [B, N, D] latents between blocks.
+
+The head (`head`): 'mean_pool' (the paper's: the mean of the latents, then the class projection) or
+'decoder' (Perceiver IO's classification decoder): a learned query [1, D] cross-attends to the latents
+(`decoder_num_heads` heads, q/k/v at D channels, pre-LayerNorm on both sides, the query residual unless
+`decoder_query_residual=False`), an MLP with its residual, then the class projection. Either way the class
+projection is `classifier` and starts at zero.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from perceiver_jax.models.attention import (
 from perceiver_jax.models.checks import check_positive
 
 LAYOUTS = ("interleaved", "start")
+HEADS = ("mean_pool", "decoder")
 
 
 class Perceiver(hk.Module):
@@ -78,6 +85,9 @@ class Perceiver(hk.Module):
     scan_repeats: bool = True,
     scan_blocks: bool = False,
     remat: bool = False,
+    head: str = "mean_pool",
+    decoder_num_heads: int = 1,
+    decoder_query_residual: bool = True,
     name: str | None = None,
   ):
     """See the module docstring; `cross_qk_channels=None` uses the input's channels (the paper's)."""
@@ -113,6 +123,13 @@ class Perceiver(hk.Module):
       )
     if attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={attention_impl!r} must be one of {ATTENTION_IMPLS}.")
+    if head not in HEADS:
+      raise ValueError(f"head={head!r} must be one of {HEADS}.")
+    check_positive(decoder_num_heads=decoder_num_heads)
+    if head == "decoder" and latent_channels % decoder_num_heads:
+      raise ValueError(
+        f"decoder_num_heads={decoder_num_heads} does not divide latent_channels={latent_channels}."
+      )
     if cross_attention_chunk_size is not None:
       check_positive(cross_attention_chunk_size=cross_attention_chunk_size)
       if attention_impl != "xla":
@@ -140,6 +157,9 @@ class Perceiver(hk.Module):
     self.scan_repeats = scan_repeats
     self.scan_blocks = scan_blocks
     self.remat = remat
+    self.head = head
+    self.decoder_num_heads = decoder_num_heads
+    self.decoder_query_residual = decoder_query_residual
 
   def _cross_attend(self, name: str) -> CrossAttentionBlock:
     return CrossAttentionBlock(
@@ -284,11 +304,30 @@ class Perceiver(hk.Module):
         else:
           latents = transformer(module, latents)
 
-    # The mean over N in float32 whatever the compute dtype.
-    pooled = jnp.mean(latents.astype(jnp.float32), axis=1).astype(latents.dtype)  # [B, D]
+    if self.head == "decoder":
+      pooled = self._decode(latents, is_training=is_training)  # [B, D]
+    else:
+      # The mean over N in float32 whatever the compute dtype.
+      pooled = jnp.mean(latents.astype(jnp.float32), axis=1).astype(latents.dtype)  # [B, D]
     # Zero-initialised as in the official code: a random head at a high learning rate can blow up.
     logits = hk.Linear(self.num_classes, w_init=hk.initializers.Constant(0.0), name="classifier")(pooled)
     return (logits, weights) if return_attention else logits
+
+  def _decode(self, latents, *, is_training: bool):
+    """Perceiver IO's classification decoder: latents [B, N, D] -> [B, D], read by one learned query."""
+    b, _, d = latents.shape
+    init = hk.initializers.TruncatedNormal(stddev=0.02)
+    query = hk.get_parameter("decoder_query", [1, d], init=init).astype(latents.dtype)
+    query = varying_like(jnp.broadcast_to(query, (b, 1, d)), latents)  # [B, 1, D]
+    decoder = CrossAttentionBlock(
+      num_heads=self.decoder_num_heads,
+      widening_factor=self.widening_factor,
+      dropout_rate=self.dropout_rate,
+      attention_impl=self.attention_impl,
+      query_residual=self.decoder_query_residual,
+      name="decoder",
+    )
+    return decoder(query, latents, is_training=is_training)[:, 0]  # [B, D]
 
 
 def _scan_run(run, latents, cross_attends, transformers, cross, transformer, scan_blocks: bool):

@@ -15,7 +15,8 @@ with the kernels of `platform` (attention.kernels_for): the hand-written CPU one
 on TPU and GPU; None: the default backend's.
 The front end's constructor receives `config.input` (but `front_end`) as keyword arguments, the model's
 `config.model`; grid models (those with `takes_grid_shape = True`) also receive the front end's
-`grid_shape`. A model that cannot mask its tokens is refused a batch with an `input_mask`.
+`grid_shape`. A model that cannot mask its tokens is refused a batch with an `input_mask`. A front end
+whose `__call__` takes `is_training` (one with BatchNorm) receives it.
 """
 
 from __future__ import annotations
@@ -102,13 +103,20 @@ def token_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """(M, C): the tokens of one example that the front end hands the model; traced, nothing runs."""
 
   def tokens(x, keys):
-    return front_end(config)(x, example_keys=keys)[0]
+    module = front_end(config)
+    return module(x, example_keys=keys, **_training_flag(module, True))[0]
 
-  f = hk.transform(tokens)
+  f = hk.transform_with_state(tokens)  # Front ends with BatchNorm keep state.
   x = jax.tree.map(lambda s: jax.ShapeDtypeStruct((1, *s.shape), s.dtype), input_spec(config))
   keys = jax.random.split(jax.random.PRNGKey(0), 1)
-  out = jax.eval_shape(lambda x: f.apply(f.init(jax.random.PRNGKey(0), x, keys), None, x, keys), x)
+  out = jax.eval_shape(lambda x: f.apply(*f.init(jax.random.PRNGKey(0), x, keys), None, x, keys)[0], x)
   return out.shape[1], out.shape[2]
+
+
+def _training_flag(module: hk.Module, is_training: bool) -> dict:
+  """{'is_training': ...} for a front end whose __call__ takes it (BatchNorm, SpecAugment), else {}."""
+  takes = "is_training" in inspect.signature(type(module).__call__).parameters
+  return {"is_training": is_training} if takes else {}
 
 
 def model_module(config: ml_collections.ConfigDict, grid_shape=None) -> hk.Module:
@@ -122,11 +130,6 @@ def model_module(config: ml_collections.ConfigDict, grid_shape=None) -> hk.Modul
       )
     kwargs["grid_shape"] = tuple(grid_shape)
   return cls(**kwargs, name=config.model_name)
-
-
-def _takes(cls: type[hk.Module], argument: str) -> bool:
-  """Whether cls.__call__ has this keyword (front ends with training-only augmentation take is_training)."""
-  return argument in inspect.signature(cls.__call__).parameters
 
 
 def takes_input_mask(cls: type[hk.Module]) -> bool:
@@ -147,10 +150,9 @@ def make_model(config: ml_collections.ConfigDict, platform: str | None = None) -
 
   def _forward(inputs, *, is_training: bool, input_mask, example_keys, return_attention: bool):
     frontend = front_end(config)
-    extra = {"is_training": is_training} if _takes(type(frontend), "is_training") else {}
-    tokens, token_mask = frontend(
-      inputs, input_mask=input_mask, example_keys=example_keys, **extra
-    )  # [B, M, C]
+    flag = _training_flag(frontend, is_training)
+    # tokens [B, M, C], token_mask [B, M] or None
+    tokens, token_mask = frontend(inputs, input_mask=input_mask, example_keys=example_keys, **flag)
     model = model_module(config, getattr(frontend, "grid_shape", None))
     kwargs = {}
     if token_mask is not None:

@@ -34,7 +34,7 @@ from jax.sharding import Sharding
 from perceiver_jax import config_args, data
 from perceiver_jax.data import spec
 from perceiver_jax.models.checks import check_positive
-from perceiver_jax.training import build, checkpoint, optim, parallel, run_files, tasks
+from perceiver_jax.training import build, checkpoint, optim, parallel, run_files, tasks, warm_start
 from perceiver_jax.training.metric_writer import MetricWriter
 
 # Folded into a step's key to derive independent streams.
@@ -514,6 +514,16 @@ def _train(trainer: Trainer, workdir: str, writer, manager, watcher, config_json
   fetched = []  # Metrics on the host, not yet logged.
   if train_state is None:
     train_state, start = trainer.init(), 0
+    if t.init_from:  # A new run that starts from another run's parameters (training/warm_start.py).
+      source = load_run(t.init_from, sharding=parallel.replicated(trainer.mesh))
+      train_state = warm_start.start_from(
+        train_state,
+        source,
+        trainer.optimizer,
+        t.init_from,
+        config.model_name,
+        parallel.replicated(trainer.mesh),
+      )
   else:
     logging.info("Resuming from the checkpoint of step %d in %s.", start, manager.directory)
     # The metrics of the steps since the last log line, saved with the checkpoint: the next log line
@@ -694,6 +704,7 @@ def evaluate_run(
 
   Raises:
     FileNotFoundError: `workdir` holds no run or no readable checkpoint.
+    ValueError: an override outside run_files.EVAL_CHANGES.
   """
   trainer = Trainer(eval_config(workdir, overrides))
   run = load_run(workdir, sharding=parallel.replicated(trainer.mesh))
@@ -708,6 +719,8 @@ def evaluate_run(
     "step": run.step,
     "params_checksum": checkpoint.params_checksum(run.state.params),
   }
+  if overrides:
+    results["config_overrides"] = dict(overrides)
   if jax.process_index() == 0:
     run_files.write_json(epath.Path(workdir) / "eval_results.json", results)
   return results
