@@ -157,9 +157,6 @@ class ConvImageFrontEnd(hk.Module):
   the batch's statistics in training and by their moving averages (state) otherwise.
   """
 
-  input_dtype = jnp.float32
-  input_shape = staticmethod(ImageFrontEnd.input_shape)
-
   def __init__(
     self,
     input_shape: Sequence[int],

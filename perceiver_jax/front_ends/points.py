@@ -21,8 +21,7 @@ order; points beyond H * W are left out and cells beyond P are zero, as are the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import haiku as hk
 import jax.numpy as jnp
@@ -43,19 +42,6 @@ def grid_order(num_points: int, grid_shape: Sequence[int], seed: int) -> np.ndar
 
 class PointsFrontEnd(hk.Module):
   """Point clouds [B, P, 3 + E] -> tokens [B, P, E + 3(2K + 1)] (or [B, H * W, ...] on a grid)."""
-
-  input_dtype = jnp.float32
-
-  @staticmethod
-  def input_shape(dataset: Mapping[str, Any]) -> tuple[int, int]:
-    """[P, 3 + E]: `dataset.num_points` points of xyz and `dataset.point_channels` (E) more channels."""
-    points, extra = dataset["num_points"], dataset["point_channels"]
-    if not (isinstance(points, int) and points > 0 and isinstance(extra, int) and extra >= 0):
-      raise ValueError(
-        f"dataset.num_points={points!r} must be a positive integer and dataset.point_channels={extra!r} "
-        "a non-negative one."
-      )
-    return points, 3 + extra
 
   def __init__(
     self,
