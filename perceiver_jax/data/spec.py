@@ -69,12 +69,14 @@ def _described(dataset: Mapping[str, Any]) -> tuple[Inputs, Any]:
   """(inputs, masked) of one example: masked is a bool, or for a mapping the set of masked modalities."""
   entry = dataset.get("inputs")
   entry = entry.to_dict() if hasattr(entry, "to_dict") else entry  # A ConfigDict is no Mapping.
-  if (
-    entry is None and dataset.get("num_points") is not None
-  ):  # A point cloud: xyz and any per-point channels.
-    return jax.ShapeDtypeStruct(
-      (dataset["num_points"], 3 + dataset.get("point_channels", 0)), np.float32
-    ), False
+  if entry is None and dataset.get("num_points") is not None:  # A point cloud: xyz, more channels per point.
+    points, extra = dataset["num_points"], dataset.get("point_channels", 0)
+    if not (isinstance(points, int) and points > 0 and isinstance(extra, int) and extra >= 0):
+      raise ValueError(
+        f"dataset.num_points={points!r} must be a positive integer and dataset.point_channels={extra!r} "
+        "a non-negative one."
+      )
+    return jax.ShapeDtypeStruct((points, 3 + extra), np.float32), False
   if entry is None:
     size, channels = dataset.get("image_size"), dataset.get("num_channels")
     if not (isinstance(size, int) and size > 0 and isinstance(channels, int) and channels > 0):
