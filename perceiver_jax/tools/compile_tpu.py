@@ -46,8 +46,8 @@ HBM_GB_PER_CHIP = {
   "TPU v5p": 95 * 2**30 / GB,
   "TPU v6 lite": 32 * 2**30 / GB,
 }
-# The TPU compiler's out-of-memory report (libtpu 0.0.52): "... the total memory required for HLO temporaries
-# (31.18G) exceeds available HBM (15.75G)"; older ones: "Used 35.70G of 15.75G hbm".
+# The TPU compiler's out-of-memory report (libtpu 0.0.42.1, as 0.0.52): "... the total memory required for
+# HLO temporaries (31.18G) exceeds available HBM (15.75G)"; older ones: "Used 35.70G of 15.75G hbm".
 _OOM = (
   re.compile(
     r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available HBM \(([0-9.]+)([KMGT]?)\)"
