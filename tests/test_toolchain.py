@@ -21,6 +21,10 @@ def test_the_pinned_libtpu_is_read_from_jax_and_is_the_installed_one():
   assert toolchain.libtpu_matches(toolchain.installed_libtpu(), toolchain.required_libtpu())
   assert toolchain.libtpu_mismatch() is None
   compile_tpu.check_libtpu()  # Nothing to refuse.
+  # setup.py (as installed): jax pinned to the installed one, and the test extra's libtpu is the tpu extra's.
+  ours = importlib.metadata.requires("perceiver-haiku-reference")
+  assert f"jax=={jax.__version__}" in ours and f'jax[tpu]=={jax.__version__}; extra == "tpu"' in ours
+  assert f'libtpu{toolchain.required_libtpu()}; extra == "test"' in ours
 
 
 def test_another_libtpu_is_named_and_refused_unless_allowed(monkeypatch):
