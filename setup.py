@@ -10,8 +10,10 @@ setuptools.setup(
   packages=setuptools.find_packages(include=["perceiver_jax", "perceiver_jax.*"]),
   python_requires=">=3.11",
   install_requires=[
-    "jax>=0.10.2",
-    "jaxlib>=0.10.2",
+    # Pinned: the stack this project is tested on. A newer jax's `tpu` extra pins another libtpu, whose TPU
+    # compiler gives other memory figures than the README's (docs/tpu_compile.jsonl) and the tests'.
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
     "dm-haiku>=0.0.17",
     "optax>=0.2.8",
     "ml-collections>=1.1.0",
@@ -34,14 +36,16 @@ setuptools.setup(
     "trimesh>=4.0",
   ],
   extras_require={
-    # Cloud TPU VMs (scripts/setup_tpu_vm.sh); jax[tpu] brings libtpu.
-    "tpu": ["jax[tpu]>=0.10.2"],
-    # libtpu: scripts/compile_tpu.py compiles for a TPU topology with no TPU (tests/test_compile_tpu.py).
+    # Cloud TPU VMs (scripts/setup_tpu_vm.sh); jax[tpu] brings the libtpu it pins (0.0.42.* for jax 0.10.2).
+    "tpu": ["jax[tpu]==0.10.2"],
+    # libtpu: scripts/compile_tpu.py compiles for a TPU topology with no TPU (tests/test_compile_tpu.py). The
+    # same libtpu as jax[tpu]==0.10.2 pins, so that the figures compiled here are the pod's compiler's, and
+    # '.[tpu,test]' resolves; scripts/compile_tpu.py refuses another one (--allow_other_libtpu).
     "test": [
       "pytest>=8",
       "pytest-xdist>=3.6",
       "ruff>=0.6",
-      "libtpu>=0.0.52",
+      "libtpu==0.0.42.*",
       # tests/test_gcs.py: gs:// run paths through epath (gcsfs), tensorstore and TensorFlow against a
       # local GCS emulator; cryptography makes the throwaway CA of TensorFlow's TLS proxy.
       "gcsfs>=2026.10.1",

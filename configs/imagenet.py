@@ -83,8 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cross_attention_chunk_size=None,  # e.g. 4096: cross-attention memory O(N x chunk), not O(N x M)
     scan_repeats=True,  # the repeats compiled once (one block per distinct block), shared or not
     scan_blocks=True,  # the latent Transformer's 6 blocks compiled once (a scan over their stacked weights)
-    # Every block recomputed in the backward pass: the step then fits a 16 GB v5e chip at 16 per chip (6.0 GB
-    # in bf16, measured by scripts/compile_tpu.py; 35.7 GB without), at about the same step time on a CPU.
+    # Every block recomputed in the backward pass: the step then fits a 16 GB v5e chip at 16 per chip (9.99 GB
+    # in float32 with libtpu 0.0.42.1, README's TPU table; 35.7 GB without with libtpu 0.0.52), at about the
+    # same step time on a CPU.
     remat=True,
   )
   c.input = dict(
@@ -164,6 +165,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   def unshared(c):
     c.model.share_cross_attends = False
     c.model.share_latent_transformers = False
+    # Eight cross-attends of their own, over 50,176 inputs each: with the keys in chunks of 4,096 (an exact
+    # online softmax) the step fits a v5e chip at 16 per chip (libtpu 0.0.42.1: 18.6 GB of 17.2 without).
+    c.model.cross_attention_chunk_size = 4096
 
   def learned_pos(c):
     # Table 2: a learned 128-channel position encoding, with a single cross-attend (8 were unstable).
@@ -305,7 +309,7 @@ def _with_baselines(variants: dict, arg: str | None) -> dict:
     size = dict(width=32, num_layers=2, num_heads=2) if local else dict(width=512, num_layers=12, num_heads=8)
     # Its 4,096-token attention: every block recomputed in the backward pass and the keys attended in chunks
     # of 1,024, else the step needs 25.8 GB per v5e chip at 16 per chip (20.6 GB with remat alone), measured
-    # by scripts/compile_tpu.py. runlocal: neither.
+    # by scripts/compile_tpu.py with libtpu 0.0.52. runlocal: neither.
     c.model = ml_collections.ConfigDict(
       dict(
         num_classes=c.dataset.num_classes,

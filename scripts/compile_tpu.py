@@ -10,7 +10,9 @@ xla_gb_accessed, xla_optimal_s: a loop body counted once), and with --find_max_b
 and max_batch_no_fit (the largest batch that fits, and one at most 5% larger that does not).
 A case that does not fit prints its JSON with "fits": false and one line on stderr saying what it needs and
 what to change. --kernels=cpu compiles the hand-written CPU kernels instead of the plain path, to compare
-them on the TPU program. Needs libtpu (pip install -e '.[tpu]').
+them on the TPU program. Needs libtpu (pip install -e '.[tpu]'): the one the installed jax's `tpu` extra
+pins (the compiler a TPU VM runs; the JSON's `libtpu` says which compiled it); another one is refused in one
+line unless --allow_other_libtpu.
 """
 
 import sys
@@ -29,15 +31,25 @@ _FIND_MAX_BATCH = flags.DEFINE_bool(
 _KERNELS = flags.DEFINE_enum(
   "kernels", "tpu", ["tpu", "cpu"], "Whose kernels to trace the model with: the TPU's (plain) or the CPU's."
 )
+_ALLOW_OTHER_LIBTPU = flags.DEFINE_bool(
+  "allow_other_libtpu",
+  False,
+  "Compile with a libtpu other than the one the installed jax pins (its figures are not a TPU VM's).",
+)
 
 
 def main(argv: list[str]) -> None:
   del argv
   try:
     compile_tpu.main(
-      _CONFIG.value, _TOPOLOGY.value, _PER_CHIP_BATCH.value, _FIND_MAX_BATCH.value, kernels=_KERNELS.value
+      _CONFIG.value,
+      _TOPOLOGY.value,
+      _PER_CHIP_BATCH.value,
+      _FIND_MAX_BATCH.value,
+      kernels=_KERNELS.value,
+      allow_other_libtpu=_ALLOW_OTHER_LIBTPU.value,
     )
-  except compile_tpu.TopologyError as e:
+  except (compile_tpu.TopologyError, compile_tpu.LibtpuError) as e:
     sys.exit(str(e))
 
 

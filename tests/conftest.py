@@ -20,7 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # libtpu (the test extra; tests/test_compile_tpu.py) takes a machine-wide lock when JAX starts it; test
 # workers side by side compile for TPU topologies with no TPU and need no exclusive access.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-# The CPU backend only: with the installed libtpu's plugin loaded (no TPU here) jax.profiler segfaults.
+# The CPU backend only: the suite's devices are the 8 CPU devices above (its meshes, the CPU kernels, the
+# bitwise checksums); on a host with an accelerator (a TPU VM with the test extra, a GPU) JAX would run the
+# tests there, and every worker would try to take the TPU. test_profiler.py runs a user's environment.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402

@@ -1,12 +1,15 @@
 """The deviceless TPU compile (perceiver_jax/compile_tpu.py): fields, memory, FLOPs, bf16, and the misfit."""
 
+import importlib.metadata
 import json
 import math
+import os
 import re
+import sys
 
 import jax
 import pytest
-from conftest import load_config
+from conftest import ROOT, load_config, run
 
 from perceiver_jax.tools import compile_tpu, flops
 from perceiver_jax.training import parallel, train
@@ -19,7 +22,7 @@ FIELDS = (
   "remat", "lower_s", "compile_s", "eval_compile_s", "arguments_gb", "outputs_gb", "aliased_gb",
   "temporaries_gb", "code_gb", "total_gb", "eval_total_gb", "hbm_gb", "usable_hbm_gb", "fits",
   "step_tflops", "model_gflops_per_image", "advice", "kernels", "xla_gflops", "xla_gb_accessed",
-  "xla_optimal_s",
+  "xla_optimal_s", "libtpu",
 )  # fmt: skip
 
 
@@ -46,6 +49,7 @@ def _check_fields(result, config, topology, chips, hosts):
   assert result["total_gb"] == pytest.approx(parts + result["code_gb"])
   assert 0 < result["eval_total_gb"] and 0 < result["total_gb"] < result["hbm_gb"]
   assert result["fits"] is True and result["advice"] is None
+  assert result["libtpu"] == importlib.metadata.version("libtpu")  # The compiler's version.
   # XLA's cost estimate of the compiled program (a loop body counted once).
   assert result["kernels"] == "tpu"
   assert result["xla_gflops"] > 0 and result["xla_gb_accessed"] > 0 and result["xla_optimal_s"] > 0
@@ -175,3 +179,32 @@ def test_chunked_attention_compiles_in_the_data_parallel_step(config_loader):
   config = _local_config(config_loader, "cross_attention_chunk_size=100")
   result = compile_tpu.compile_for_topology(config, "v5e:2x2", 2, eval_step=False, count_flops=False)
   assert result["fits"] is True
+
+
+def test_another_libtpu_is_refused_in_one_line_before_compiling(tmp_path):
+  # An installed libtpu 0.0.52 (its metadata first on the path): the documented command prints no JSON and
+  # one line; --allow_other_libtpu goes on to the compile (here to a topology error, before compiling).
+  fake = tmp_path / "libtpu-0.0.52.dist-info"
+  fake.mkdir()
+  (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: libtpu\nVersion: 0.0.52\n")
+  env = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(filter(None, (str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")))),
+  )
+  cmd = [
+    sys.executable,
+    "scripts/compile_tpu.py",
+    "--config=configs/imagenet.py:runlocal",
+    "--per_chip_batch=2",
+  ]
+  refused = run([*cmd, "--topology=v5e:2x2"], env)
+  assert refused.returncode == 1 and refused.stdout == "" and "Traceback" not in refused.stderr
+  pinned = compile_tpu.toolchain.required_libtpu()
+  assert refused.stderr.strip().splitlines() == [
+    f"libtpu 0.0.52 is installed, but jax[tpu]=={jax.__version__} runs TPUs with libtpu{pinned}: its "
+    f"compiler's figures would not be the pod's. pip install 'libtpu{pinned}', or pass --allow_other_libtpu "
+    "to compile with this one anyway."
+  ]
+  allowed = run([*cmd, "--topology=v9x:2x2", "--allow_other_libtpu"], env)
+  assert allowed.returncode == 1 and "Traceback" not in allowed.stderr
+  assert allowed.stderr.strip().splitlines()[-1].startswith("Cannot build TPU topology 'v9x:2x2'")

@@ -10,6 +10,11 @@ cost analysis without a TPU).
 
 A program that does not fit is not an error here: the TPU compiler's out-of-memory report is read for the
 memory it needed, and the result says `fits: False` with one line of advice (`advice`).
+
+The figures are the installed libtpu's (its version is the result's `libtpu`): `main` refuses a libtpu other
+than the one the installed jax's `tpu` extra pins, the compiler a TPU VM runs (`LibtpuError`), unless told
+otherwise: another libtpu's compiler needs other memory (the paper's step at 16 per v5e chip: 7.62 GB with
+libtpu 0.0.52, 9.99 GB with 0.0.42.1, the one jax 0.10.2 runs).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import ml_collections
 
 from perceiver_jax.data import spec
 from perceiver_jax.tools import benchmark, flops
-from perceiver_jax.training import parallel, train
+from perceiver_jax.training import parallel, toolchain, train
 
 GB = 1e9
 # HBM per chip in GB (10^9 bytes) by `device_kind`, from the chips' published figures.
@@ -42,8 +47,8 @@ HBM_GB_PER_CHIP = {
   "TPU v5p": 95 * 2**30 / GB,
   "TPU v6 lite": 32 * 2**30 / GB,
 }
-# The TPU compiler's out-of-memory report (libtpu 0.0.52): "... the total memory required for HLO temporaries
-# (31.18G) exceeds available HBM (15.75G)"; older ones: "Used 35.70G of 15.75G hbm".
+# The TPU compiler's out-of-memory report (libtpu 0.0.42.1, as 0.0.52): "... the total memory required for
+# HLO temporaries (31.18G) exceeds available HBM (15.75G)"; older ones: "Used 35.70G of 15.75G hbm".
 _OOM = (
   re.compile(
     r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available HBM \(([0-9.]+)([KMGT]?)\)"
@@ -55,6 +60,20 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 class TopologyError(ValueError):
   """A topology name libtpu does not know, or a batch that does not split over its devices."""
+
+
+class LibtpuError(ValueError):
+  """The installed libtpu is not the one the installed jax pins (figures of a compiler no TPU VM runs)."""
+
+
+def check_libtpu(allow_other: bool = False) -> None:
+  """Raises `LibtpuError` (one line) unless libtpu is the installed jax's pinned one, or `allow_other`."""
+  mismatch = toolchain.libtpu_mismatch()
+  if mismatch and not allow_other:
+    raise LibtpuError(
+      f"{mismatch}: its compiler's figures would not be the pod's. pip install "
+      f"'libtpu{toolchain.required_libtpu()}', or pass --allow_other_libtpu to compile with this one anyway."
+    )
 
 
 def _allow_other_libtpu_processes() -> None:
@@ -222,6 +241,7 @@ def compile_for_topology(
     "precision": trainer.config.precision,
     "remat": bool("remat" in trainer.config.model and trainer.config.model.remat),
     "kernels": kernels,
+    "libtpu": toolchain.installed_libtpu(),  # The compiler's version: its figures are its own.
     "lower_s": lower_s,
     "compile_s": compile_s,
     "hbm_gb": hbm,
@@ -383,12 +403,21 @@ def find_max_batch(config: ml_collections.ConfigDict, topology: str, first: dict
 
 
 def main(
-  config: ml_collections.ConfigDict, topology: str, per_chip_batch: int, max_batch: bool, kernels: str = "tpu"
+  config: ml_collections.ConfigDict,
+  topology: str,
+  per_chip_batch: int,
+  max_batch: bool,
+  kernels: str = "tpu",
+  allow_other_libtpu: bool = False,
 ) -> dict:
-  """Prints the JSON line of `scripts/compile_tpu.py` (and, when it does not fit, the advice on stderr)."""
+  """Prints the JSON line of `scripts/compile_tpu.py` (and, when it does not fit, the advice on stderr).
+
+  Raises `LibtpuError` before compiling when libtpu is not the installed jax's (`check_libtpu`).
+  """
   import json
   import sys
 
+  check_libtpu(allow_other_libtpu)
   result = compile_for_topology(config, topology, per_chip_batch, kernels=kernels)
   if max_batch:
     result.update(find_max_batch(config, topology, result))
