@@ -116,6 +116,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     profile_steps=0,
     eval_every=10_000,
     eval_batch_size=512,
+    # A run directory whose parameters the run starts from (configs/imagenet.py).
+    init_from=ml_collections.config_dict.placeholder(str),
   )
   c.checkpoint = dict(every=2000, keep=3)
   c.precision = "float32"

@@ -92,6 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     profile_steps=0,
     eval_every=200,
     eval_batch_size=250,
+    # A run directory whose parameters the run starts from (configs/imagenet.py).
+    init_from=ml_collections.config_dict.placeholder(str),
   )
   c.checkpoint = dict(every=400, keep=2)
   c.precision = "float32"

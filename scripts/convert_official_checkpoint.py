@@ -16,7 +16,6 @@ from it (perceiver_jax.pretrained); the keywords `--num_blocks`, `--num_self_hea
 """
 
 import json
-import os
 import pathlib
 
 import jax
@@ -62,11 +61,11 @@ def convert(checkpoint_path: str, workdir: str, config_spec: str | None = None, 
     raise FileExistsError(f"{workdir} already holds a run; pass a new --workdir.")
   loaded, params, state = pretrained.load_official(checkpoint_path, **shape_args)
   kind = loaded.pretrained_kind
-  config = _load_config(config_spec or os.fspath(_CONFIGS / f"imagenet.py:io_{kind}"))
+  config = _load_config(config_spec or str(_CONFIGS / f"imagenet.py:io_{kind}"))
   config.model.update(loaded.model.to_dict())
   config.input = ml_collections.ConfigDict(loaded.input.to_dict())
   config.dataset.update(image_size=loaded.dataset.image_size, num_classes=loaded.dataset.num_classes)
-  config.pretrained = dict(checkpoint=os.path.basename(checkpoint_path), kind=kind)
+  config.pretrained = dict(checkpoint=epath.Path(checkpoint_path).name, kind=kind)
   optimizer, _ = optim.make_optimizer(config, 1, 1)  # Its state's structure does not depend on the schedule.
   train_state = train.TrainState(
     params,

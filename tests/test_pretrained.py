@@ -17,7 +17,7 @@ import pytest
 from conftest import child_env, load_config, run, train_command
 
 from perceiver_jax import pretrained
-from perceiver_jax.training import build, warm_start
+from perceiver_jax.training import build, tasks, warm_start
 
 DATA = pathlib.Path(__file__).parent / "data" / "official_perceiver_io"
 KINDS = ("fourier", "learned", "conv")
@@ -316,7 +316,7 @@ def test_convert_evaluate_and_fine_tune_through_the_scripts(fake_imagenet, tmp_p
   assert results["eval"]["count"] == 5
   # The same images through the converted network in this process: the script evaluated that network.
   from perceiver_jax import data
-  from perceiver_jax.training import checkpoint, train
+  from perceiver_jax.training import checkpoint
 
   config = checkpoint.load_config(str(w))
   config.dataset.data_dir, config.train.eval_batch_size = str(fake_imagenet), 4
@@ -324,7 +324,7 @@ def test_convert_evaluate_and_fine_tune_through_the_scripts(fake_imagenet, tmp_p
   losses = []
   for batch in data.eval_batches(config):
     logits, _ = build.make_model(loaded).apply(params, state, None, batch["inputs"], is_training=False)
-    loss = train.cross_entropy(logits, batch["label"], 1000, 0.0)
+    loss = tasks.cross_entropy(logits, batch["label"], 1000, 0.0)
     losses += list(np.asarray(loss)[batch["eval_mask"]])
   np.testing.assert_allclose(results["eval"]["loss"], np.mean(losses), rtol=1e-4)
 
