@@ -8,7 +8,7 @@ import pytest
 from conftest import load_config
 
 from perceiver_jax import data
-from perceiver_jax.data import points, shapes
+from perceiver_jax.data import points, shapes, shares
 from perceiver_jax.front_ends.points import PointsFrontEnd, grid_order
 from perceiver_jax.models import position_encoding as pe
 from perceiver_jax.training import build
@@ -155,9 +155,9 @@ def test_each_process_builds_its_own_share_of_the_same_global_batches(monkeypatc
   whole_train = next(data.train_batches(config, start_step=4))
   whole_eval = list(data.eval_batches(config))
   shares_train, shares_eval = [], []
-  monkeypatch.setattr(points.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(shares.jax, "process_count", lambda: 2)
   for index in (0, 1):
-    monkeypatch.setattr(points.jax, "process_index", lambda index=index: index)
+    monkeypatch.setattr(shares.jax, "process_index", lambda index=index: index)
     shares_train.append(next(data.train_batches(config, start_step=4)))
     shares_eval.append(list(data.eval_batches(config)))
   for key in ("inputs", "label"):  # Per-example seeds by global position: the same scales on any split.

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
-import jax
 import ml_collections
 import numpy as np
+
+from perceiver_jax.data import shares
 
 
 @functools.cache
@@ -41,37 +42,16 @@ def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   return len(_arrays(config, split)[1])
 
 
-def _local_batch_size(global_batch_size: int) -> tuple[int, int]:
-  count = jax.process_count()
-  if global_batch_size % count:
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by {count} processes.")
-  local = global_batch_size // count
-  return local, jax.process_index() * local
-
-
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
   images, labels = _arrays(config, "train")
-  n, global_batch = len(labels), config.train.global_batch_size
-  local, offset = _local_batch_size(global_batch)
   step = start_step
   while True:
-    # Global example positions of this step in an endless sequence of seeded epoch permutations.
-    positions = np.arange(step * global_batch + offset, step * global_batch + offset + local)
-    epochs, within = np.divmod(positions, n)
-    index = np.empty(local, np.int64)
-    for epoch in np.unique(epochs):
-      order = np.random.default_rng([config.seed, int(epoch)]).permutation(n)
-      index[epochs == epoch] = order[within[epochs == epoch]]
+    index, _ = shares.shuffled_positions(config.seed, step, config.train.global_batch_size, len(labels))
     yield {"inputs": images[index], "label": labels[index]}
     step += 1
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
   images, labels = _arrays(config, "eval")
-  n, global_batch = len(labels), config.train.eval_batch_size
-  local, offset = _local_batch_size(global_batch)
-  for start in range(0, n, global_batch):
-    index = np.arange(start + offset, start + offset + local)
-    mask = index < n
-    index = np.minimum(index, n - 1)
+  for index, mask in shares.eval_positions(len(labels), config.train.eval_batch_size):
     yield {"inputs": images[index], "label": labels[index], "eval_mask": mask}

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import jax
 import ml_collections
 import numpy as np
+
+from perceiver_jax.data import shares
 
 Batch = dict[str, np.ndarray]
 
@@ -46,15 +47,6 @@ def augment(cloud: np.ndarray, rng: np.random.Generator, scale_range: tuple[floa
   return normalize(cloud)
 
 
-def local_batch(global_batch_size: int) -> tuple[int, int]:
-  """(this process's share b of a global batch, its offset in it)."""
-  count = jax.process_count()
-  if global_batch_size % count:
-    raise ValueError(f"global batch size {global_batch_size} is not divisible by {count} processes.")
-  local = global_batch_size // count
-  return local, jax.process_index() * local
-
-
 def train_batches(
   clouds: np.ndarray, labels: np.ndarray, config: ml_collections.ConfigDict, start_step: int = 0
 ) -> Iterator[Batch]:
@@ -67,17 +59,10 @@ def train_batches(
   Yields:
     {'inputs': float32 [b, P, 3 + E], 'label': int32 [b]}.
   """
-  n, global_batch = len(labels), config.train.global_batch_size
-  local, offset = local_batch(global_batch)
-  scale_range = tuple(config.augment.point_scale)
+  global_batch, scale_range = config.train.global_batch_size, tuple(config.augment.point_scale)
   step = start_step
   while True:
-    positions = np.arange(step * global_batch + offset, step * global_batch + offset + local)
-    epochs, within = np.divmod(positions, n)
-    index = np.empty(local, np.int64)
-    for epoch in np.unique(epochs):
-      order = np.random.default_rng([config.seed, int(epoch)]).permutation(n)
-      index[epochs == epoch] = order[within[epochs == epoch]]
+    index, positions = shares.shuffled_positions(config.seed, step, global_batch, len(labels))
     inputs = np.stack(
       [
         augment(clouds[i], np.random.default_rng([config.seed, _AUGMENT, int(g)]), scale_range)
@@ -96,10 +81,5 @@ def eval_batches(
   Yields:
     {'inputs': float32 [b, P, 3 + E], 'label': int32 [b], 'eval_mask': bool [b]}.
   """
-  n, global_batch = len(labels), config.train.eval_batch_size
-  local, offset = local_batch(global_batch)
-  for start in range(0, n, global_batch):
-    index = np.arange(start + offset, start + offset + local)
-    mask = index < n
-    index = np.minimum(index, n - 1)
+  for index, mask in shares.eval_positions(len(labels), config.train.eval_batch_size):
     yield {"inputs": normalize(clouds[index]), "label": labels[index].astype(np.int32), "eval_mask": mask}

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from perceiver_jax.data import shares
 from perceiver_jax.data import spec as spec_lib
 
 _TRAIN, _EVAL = 0, 1
@@ -80,17 +81,9 @@ def make_batch(config: ml_collections.ConfigDict, split: str, indices) -> dict:
   return jax.tree.map(lambda *xs: np.stack(xs), *examples)
 
 
-def _local(global_batch: int) -> tuple[int, int]:
-  count = jax.process_count()
-  if global_batch % count:
-    raise ValueError(f"global batch size {global_batch} is not divisible by {count} processes.")
-  local = global_batch // count
-  return local, jax.process_index() * local
-
-
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Iterator[dict]:
   global_batch = config.train.global_batch_size
-  local, offset = _local(global_batch)
+  local, offset = shares.local_share(global_batch)
   step = start_step
   while True:
     first = step * global_batch + offset
@@ -99,10 +92,7 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Ite
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict]:
-  n, global_batch = num_examples(config, "eval"), config.train.eval_batch_size
-  local, offset = _local(global_batch)
-  for start in range(0, n, global_batch):
-    index = np.arange(start + offset, start + offset + local)
-    batch = make_batch(config, "eval", np.minimum(index, n - 1))
-    batch["eval_mask"] = index < n
+  for index, mask in shares.eval_positions(num_examples(config, "eval"), config.train.eval_batch_size):
+    batch = make_batch(config, "eval", index)
+    batch["eval_mask"] = mask
     yield batch
