@@ -15,6 +15,8 @@ _ONLY = {
   "data/points.py": {"shapes", "modelnet40"},
   "data/shapes.py": {"shapes"},
   "data/modelnet40.py": {"modelnet40"},
+  "data/audioset.py": {"audioset"},
+  "data/audio_clips.py": {"audioset"},
   "tools/benchmark.py": {"benchmark"},
 }
 _VARIANTS = {

@@ -403,6 +403,19 @@ def fake_clip(rng: np.random.Generator, labels: Sequence[int], seconds: float, r
   return np.stack([mono * (1.0 - 0.2 * c) for c in range(channels)], axis=1).astype(np.float32)
 
 
+def _write_m4a(path: str, samples: np.ndarray, rate: int) -> None:
+  """AAC in an MP4 container through PyAV (a format libsndfile does not read)."""
+  import av
+
+  with av.open(path, "w") as out:
+    stream = out.add_stream("aac", rate=rate)
+    stream.layout = "stereo" if samples.shape[1] == 2 else "mono"
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp", layout=stream.layout)
+    frame.sample_rate = rate
+    for packet in [*stream.encode(frame), *stream.encode(None)]:
+      out.mux(packet)
+
+
 def write_fake_audioset(
   manual_dir: str, num_classes: int = 5, sizes: dict[str, int] | None = None, seed: int = 0
 ) -> dict[str, list[str]]:
@@ -410,7 +423,8 @@ def write_fake_audioset(
 
   Clips of 10 s segments as FLAC and WAV at 8, 11.025 and 16 kHz, mono and stereo, named `<YTID>.<ext>` or
   `<YTID>_<start>.<ext>` in two sub-folders; each split's third clip lasts 4 s, its fourth is left out
-  (missing) and its fifth is a corrupt file. Each clip holds one or two classes (tones, `fake_clip`).
+  (missing), its fifth is a corrupt file and its sixth AAC in .m4a (PyAV's path). Each clip holds one or
+  two classes (tones, `fake_clip`).
   """
   import soundfile
 
@@ -444,6 +458,10 @@ def write_fake_audioset(
       seconds = 4.0 if i == 2 else 10.0
       if i == 2:
         facts["short"].append(ytid)
-      soundfile.write(os.fspath(path), fake_clip(rng, labels, seconds, rate, channels), rate)
+      samples = fake_clip(rng, labels, seconds, rate, channels)
+      if i == 5:
+        _write_m4a(os.fspath(path.with_suffix(".m4a")), samples, rate)
+      else:
+        soundfile.write(os.fspath(path), samples, rate)
     (root / f"{split}_segments.csv").write_text("\n".join(lines) + "\n")
   return facts
