@@ -137,7 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   def runlocal(c):
     c.model.update(num_latents=16, latent_channels=32, num_self_attends_per_block=1, num_self_heads=2)
     c.input.num_bands = 4
-    c.dataset.update(name="synthetic", num_train_examples=64, num_eval_examples=8)
+    c.dataset.update(name="synthetic", num_train_examples=64, num_eval_examples=8, eval_windows=4)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=1)
     c.train.update(
       global_batch_size=8, num_steps=6, num_epochs=None, log_every=2, eval_every=6, eval_batch_size=8

@@ -179,3 +179,39 @@ def test_runlocal_trains_resumes_and_evaluates_clips_with_sklearn_map(prepared, 
   want = np.mean([average_precision_score(labels[:, k], scores[:, k]) for k in columns])
   assert saved["eval"]["mAP"] == pytest.approx(want, abs=1e-9)
   assert saved["eval"]["mAP"] == pytest.approx(results["eval"]["mAP"], abs=1e-6)
+
+
+def test_a_tfds_audio_dataset_by_name_is_resampled_cropped_and_masked(config_loader):
+  """speech_commands (configs/sounds.py:speech_commands) through tfds.testing.mock_data, read at 8 kHz."""
+  import tensorflow_datasets as tfds
+  from scipy import signal
+
+  from perceiver_jax.training import build
+
+  config = config_loader("sounds", "speech_commands,runlocal")
+  config.dataset.update(sample_rate=8000, num_eval_examples=6)
+  config.dataset.inputs.shape = (32, 1)  # The mock's clips are 1-60 samples at 16 kHz: some longer.
+  config.train.update(global_batch_size=8, eval_batch_size=8)
+  with tfds.testing.mock_data(num_examples=6):
+    source = tfds.data_source("speech_commands", split="test")
+    clips = [source[i]["audio"] for i in range(6)]
+    labels = [int(source[i]["label"]) for i in range(6)]
+    train = next(data.train_batches(config))
+    evals = list(data.eval_batches(config))
+  spec.check_batch(train, spec.batch_spec(config, 8 // jax.process_count()))
+  batch = evals[0]
+  spec.check_batch(batch, spec.batch_spec(config, 8 // jax.process_count(), "eval"))
+  assert len(evals) == 1 and batch["eval_mask"].tolist() == [True] * 6 + [False] * 2
+  assert batch["label"][:6].tolist() == labels
+  for i, clip in enumerate(clips):  # Resampled 16 -> 8 kHz, centred in the window or padded and masked.
+    want = signal.resample_poly(clip.astype(np.float32) / 32768, 1, 2)
+    start = max(len(want) - 32, 0) // 2
+    part = want[start : start + 32]
+    assert batch["input_mask"][i].sum() == len(part)
+    np.testing.assert_allclose(batch["inputs"][i, : len(part), 0], part, atol=1e-6)
+  model = build.make_model(config)  # The same front end (raw patches) and model, single-label logits.
+  params, state = model.init(jax.random.PRNGKey(0), train["inputs"], is_training=True)
+  logits, _ = model.apply(
+    params, state, None, train["inputs"], is_training=False, input_mask=train["input_mask"]
+  )
+  assert logits.shape == (8, 12) and np.isfinite(logits).all()

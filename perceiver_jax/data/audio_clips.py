@@ -62,11 +62,6 @@ def _open(name: str, data_dir: str | None, sample_rate: int):
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(f"dataset.name={name!r} is neither 'audioset' nor a TFDS dataset.") from None
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-      f"TFDS dataset {name!r} is not prepared in dataset.data_dir={data_dir!r} and nothing is downloaded at "
-      f"run time: run `tfds build {name} --file_format=array_record --data_dir=DATA_DIR` once."
-    )
   audio_key, label_key = builder.info.supervised_keys or ("audio", "label")
   features = builder.info.features
   if not isinstance(features[audio_key], tfds.features.Audio) or not isinstance(
@@ -81,7 +76,12 @@ def _data_source(name: str, data_dir: str | None, sample_rate: int, split: str):
   builder, *_ = _open(name, data_dir, sample_rate)
   try:
     return builder.as_data_source(split=split)
-  except (NotImplementedError, ValueError) as error:
+  except Exception as error:  # TFDS raises several kinds; the two causes are told apart below.
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared in dataset.data_dir={data_dir!r} and nothing is downloaded "
+        f"at run time: run `tfds build {name} --file_format=array_record --data_dir=DATA_DIR` once."
+      ) from None
     raise ValueError(
       f"dataset {name!r} split {split!r} cannot be read by index ({error}); its files must be array_record "
       f"(`tfds build {name} --file_format=array_record`) and the split one of {sorted(builder.info.splits)}."
