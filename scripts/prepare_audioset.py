@@ -18,14 +18,16 @@ from perceiver_jax.data import audioset
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the CSVs and the clips.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to build into.", required=True)
-_SPLIT = flags.DEFINE_enum("split", "all", [*audioset.SPLITS, "all"], "Segment list(s) to prepare.")
+_SPLIT = flags.DEFINE_enum(
+  "split", "all", [*audioset.SPLITS, "all"], "Segment list(s) to prepare (all: those there)."
+)
 _SAMPLE_RATE = flags.DEFINE_integer("sample_rate", 48_000, "Rate to resample to (dataset.sample_rate).")
 _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 100, "Clips per decode-cache shard (resume unit).")
 
 
 def main(argv: list[str]) -> int:
   del argv
-  splits = audioset.SPLITS if _SPLIT.value == "all" else (_SPLIT.value,)
+  splits = None if _SPLIT.value == "all" else (_SPLIT.value,)  # all: every segment list there.
   out, sizes, problems = audioset.prepare_audioset(
     _MANUAL_DIR.value, _DATA_DIR.value, splits, _SAMPLE_RATE.value, _CLIPS_PER_SHARD.value
   )

@@ -97,8 +97,7 @@ def test_clips_are_mono_at_the_rate_cut_to_the_segment_with_their_labels(prepare
   checked = 0
   for split in SIZES:
     for example in _source(prepared, split):
-      ytid, audio = example["ytid"].decode(), example["audio"]
-      assert audio.dtype == np.int16 and audio.ndim == 1
+      ytid, audio = example["ytid"].decode(), np.frombuffer(example["audio"], "<i2")
       assert len(audio) == (4 if ytid in prepared["facts"]["short"] else 10) * RATE
       classes = [int(m.split("c")[-1]) for m in rows[ytid]]
       np.testing.assert_array_equal(np.flatnonzero(example["labels"]), sorted(classes))
@@ -118,7 +117,7 @@ def test_train_crops_are_windows_of_the_clips_and_resume_reads_the_same(prepared
   spec.check_batch(first, spec.batch_spec(config, config.train.global_batch_size // jax.process_count()))
   index, _ = shares.shuffled_positions(config.seed, 0, config.train.global_batch_size, 14)
   for row, i in enumerate(index):
-    clip = source[int(i)]["audio"].astype(np.float32) / 32768
+    clip = np.frombuffer(source[int(i)]["audio"], "<i2").astype(np.float32) / 32768
     x = first["inputs"][row, :, 0]
     assert any(np.array_equal(clip[o : o + s], x) for o in np.flatnonzero(clip == x[0])), row
     np.testing.assert_array_equal(first["label"][row], source[int(i)]["labels"])
@@ -141,7 +140,7 @@ def test_eval_is_every_clip_once_in_windows_covering_it(prepared):
   mask = np.concatenate([b["input_mask"] for b in batches])[np.concatenate([b["eval_mask"] for b in batches])]
   assert got.shape == (6, 4, s, 1)
   for i, example in enumerate(source):
-    clip = example["audio"].astype(np.float32) / 32768
+    clip = np.frombuffer(example["audio"], "<i2").astype(np.float32) / 32768
     starts = [0, 0, 0, 0] if len(clip) < s else [0, 13333, 26667, 40000]  # linspace(0, L - S, 4)
     for w, start in enumerate(starts):
       part = clip[start : start + s]

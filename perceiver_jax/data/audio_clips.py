@@ -112,7 +112,7 @@ class _Reader:
     if self.multi_label != (spec.task(config) == "multi_label"):
       want = "multi_label" if self.multi_label else "single_label"
       raise ValueError(f"dataset {d.name!r} has {want} labels; set --config.task={want}.")
-    self.source_rate = int(features[self.audio_key].sample_rate or self.rate)
+    self.source_rate = int(getattr(features[self.audio_key], "sample_rate", None) or self.rate)
     self.windows = d.get("eval_windows")
     self.splits = {"train": d.train_split, "eval": d.eval_split}
 
@@ -120,8 +120,11 @@ class _Reader:
     return _data_source(*self.key, self.splits[split])
 
   def clip(self, example: dict) -> np.ndarray:
-    """float32 [L] mono at the config's rate."""
-    audio = np.asarray(example[self.audio_key])
+    """[L] mono at the config's rate: int16 as stored (scaled by `window`, after the crop), else float32."""
+    audio = example[self.audio_key]
+    audio = np.frombuffer(audio, "<i2") if isinstance(audio, bytes) else np.asarray(audio)  # audioset_clips
+    if audio.dtype == np.int16 and audio.ndim == 1 and self.source_rate == self.rate:
+      return audio  # AudioSet's case: only the crop is converted.
     scale = 32768.0 if audio.dtype == np.int16 else 2147483648.0 if audio.dtype == np.int32 else 1.0
     audio = audio.astype(np.float32) / scale
     if audio.ndim == 2:
@@ -133,6 +136,14 @@ class _Reader:
       audio = signal.resample_poly(audio, self.rate // g, self.source_rate // g).astype(np.float32)
     return audio
 
+  def read(self, source, indices) -> list[dict]:
+    """The examples at `indices`, read in one batch (array_record reads them in parallel)."""
+    indices = [int(i) for i in indices]
+    try:
+      return list(source.__getitems__(indices))
+    except (AttributeError, TypeError):  # A source without batched reads (tfds.testing.mock_data's mock).
+      return [source[i] for i in indices]
+
   def label(self, example: dict):
     if self.multi_label:
       return np.asarray(example[self.label_key], np.float32)
@@ -140,10 +151,13 @@ class _Reader:
 
 
 def window(clip: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-  """(samples float32 [length, 1], mask bool [length]) of clip[start : start + length], zero-padded."""
+  """(samples float32 [length, 1], mask bool [length]) of clip[start : start + length], zero-padded.
+
+  An int16 clip's samples are scaled to [-1, 1) here (x / 32768), only the window's.
+  """
   part = clip[start : start + length]
   samples = np.zeros((length, 1), np.float32)
-  samples[: len(part), 0] = part
+  samples[: len(part), 0] = part / np.float32(32768) if part.dtype == np.int16 else part
   return samples, np.arange(length) < len(part)
 
 
@@ -168,7 +182,7 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Ite
   step = start_step
   while True:
     index, positions = shares.shuffled_positions(config.seed, step, config.train.global_batch_size, n)
-    examples = [source[int(i)] for i in index]
+    examples = reader.read(source, index)
     inputs, masks, labels = [], [], []
     for example, position in zip(examples, positions, strict=True):
       clip = reader.clip(example)
@@ -187,8 +201,7 @@ def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict]:
   s = reader.num_samples
   for index, eval_mask in shares.eval_positions(len(source), config.train.eval_batch_size):
     inputs, masks, labels = [], [], []
-    for i in index:
-      example = source[int(i)]
+    for example in reader.read(source, index):
       clip = reader.clip(example)
       parts = [window(clip, int(start), s) for start in eval_starts(len(clip), s, reader.windows)]
       samples, mask = (np.stack(x) for x in zip(*parts, strict=True))  # [W, S, 1], [W, S]
