@@ -2,7 +2,7 @@
 
 One fake folder (FLAC, WAV and AAC/.m4a; 8, 11.025 and 16 kHz; mono and stereo; a 4 s clip, a corrupt file,
 a missing one) is written and prepared once per module, at 8 kHz: the train list by the script (a
-subprocess), the eval list in-process (so that the resume is observed).
+subprocess), the eval list in-process (so that the resume is observed). Every test using it is `slow`.
 """
 
 import json
@@ -70,6 +70,7 @@ def _source(prepared, split):
   return tfds.builder_from_directory(str(prepared["out"])).as_data_source(split)
 
 
+@pytest.mark.slow  # The shared fixture runs the prepare script (a subprocess).
 def test_prepare_counts_and_lists_bad_clips_and_resumes_without_redoing(prepared):
   facts, work, logs = prepared["facts"], prepared["work"], prepared["logs"]
   assert "balanced_train: 14 clips; 1 missing, 1 unreadable" in prepared["stdout"]
@@ -90,6 +91,7 @@ def test_prepare_counts_and_lists_bad_clips_and_resumes_without_redoing(prepared
   assert {s: len(_source(prepared, s)) for s in SIZES} == {"balanced_train": 14, "eval": 6}
 
 
+@pytest.mark.slow  # The shared fixture runs the prepare script (a subprocess).
 def test_clips_are_mono_at_the_rate_cut_to_the_segment_with_their_labels(prepared):
   rows = {}
   for split in SIZES:
@@ -110,6 +112,7 @@ def test_clips_are_mono_at_the_rate_cut_to_the_segment_with_their_labels(prepare
   assert checked >= 8
 
 
+@pytest.mark.slow  # The shared fixture runs the prepare script (a subprocess).
 def test_train_crops_are_windows_of_the_clips_and_resume_reads_the_same(prepared):
   config = fake_config(prepared)
   source, s = _source(prepared, "balanced_train"), 1024
@@ -128,7 +131,8 @@ def test_train_crops_are_windows_of_the_clips_and_resume_reads_the_same(prepared
   assert not np.array_equal(second["inputs"], third["inputs"])
 
 
-def test_eval_is_every_clip_once_in_windows_covering_it(prepared):
+@pytest.mark.slow  # The shared fixture runs the prepare script (a subprocess).
+def test_eval_is_every_clip_once_in_windows_covering_it(prepared, monkeypatch):
   s = 5 * RATE  # Longer than the 4 s clip: its windows are padded and masked.
   config = fake_config(prepared, samples=s)
   source = _source(prepared, "eval")
@@ -147,6 +151,20 @@ def test_eval_is_every_clip_once_in_windows_covering_it(prepared):
       part = clip[start : start + s]
       np.testing.assert_array_equal(got[i, w, : len(part), 0], part)
       assert mask[i, w].sum() == len(part) and not got[i, w, len(part) :].any()
+  # Two processes' shares of the train and eval batches are the one-process batches, split.
+  train_one = next(data.train_batches(config))
+  shares_of = {"train": [], "eval": []}
+  for process in range(2):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda p=process: p)
+    shares_of["train"].append(next(data.train_batches(config)))
+    shares_of["eval"].append(list(data.eval_batches(config)))
+  monkeypatch.undo()
+  jax.tree.map(
+    lambda a, b, c: np.testing.assert_array_equal(np.concatenate([b, c]), a), train_one, *shares_of["train"]
+  )
+  for one, first, second in zip(batches, *shares_of["eval"], strict=True):
+    jax.tree.map(lambda a, b, c: np.testing.assert_array_equal(np.concatenate([b, c]), a), one, first, second)
 
 
 def test_averaged_window_logits_score_the_windows_mean():
