@@ -34,6 +34,9 @@ setuptools.setup(
     # (plain trimesh needs only numpy; none of its extras).
     "h5py>=3.10",
     "trimesh>=4.0",
+    # AudioSet clips in any format (scripts/prepare_audioset.py): libsndfile first, FFmpeg for the rest.
+    "soundfile>=0.13",
+    "av>=14",
   ],
   extras_require={
     # Cloud TPU VMs (scripts/setup_tpu_vm.sh); jax[tpu] brings the libtpu it pins (0.0.42.* for jax 0.10.2).

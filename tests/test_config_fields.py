@@ -15,6 +15,8 @@ _ONLY = {
   "data/points.py": {"shapes", "modelnet40"},
   "data/shapes.py": {"shapes"},
   "data/modelnet40.py": {"modelnet40"},
+  "data/audioset.py": {"audioset"},
+  "data/audio_clips.py": {"audioset"},
   "tools/benchmark.py": {"benchmark"},
 }
 _VARIANTS = {
@@ -34,7 +36,7 @@ _VARIANTS = {
     "io_conv,runlocal",
   ],
   "benchmark": ["", "paper", "bfloat16", "runlocal"],
-  "sounds": ["", "raw", "mel", "runlocal", "mel,runlocal"],
+  "sounds": ["", "raw", "mel", "runlocal", "mel,runlocal", "speech_commands", "mel,speech_commands"],
   "audioset": ["", "raw", "mel", "runlocal", "mel,runlocal"],
   "shapes": ["", "runlocal", "reproduce", "resnet", "vit2", "vit16", "transformer"],
   "modelnet40": ["", "runlocal", "resnet50", "vit_b2", "transformer44", "runlocal,vit_b8"],

@@ -22,7 +22,8 @@ exactly the spec (tests/test_batch_spec.py checks each):
 - `num_examples(config, split)`: examples in `split` ('train' or 'eval').
 A new dataset is a module with these three functions and a line in `SOURCES`. Any name not there is a
 TFDS dataset (tfds_input). `synthetic` serves any config from its spec (benchmarks, compile checks, toy
-runs). This package never imports the model: position features and permutations are the front end's.
+runs). A config whose dataset has a `sample_rate` reads any other name as a TFDS audio dataset
+(audio_clips). This package never imports the model: position features and permutations are the front end's.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def _modelnet40() -> ModuleType:
   return modelnet40
 
 
+def _audio_clips() -> ModuleType:
+  from perceiver_jax.data import audio_clips  # Imports TensorFlow: only when audio clips are asked for.
+
+  return audio_clips
+
+
 def _tfds() -> ModuleType:
   from perceiver_jax.data import tfds_input  # Imports TensorFlow: only when a TFDS dataset is asked for.
 
@@ -82,12 +89,15 @@ SOURCES: dict[str, Callable[[], object]] = {
   "synthetic": _synthetic,
   "shapes": _shapes,
   "modelnet40": _modelnet40,
+  "audioset": _audio_clips,
 }
 
 
 def source(config: ml_collections.ConfigDict):
   """The data source of `config.dataset.name`: SOURCES' entry, else a TFDS dataset of that name."""
   name = config.dataset.name
+  if name not in SOURCES and "sample_rate" in config.dataset:  # A TFDS audio dataset (audio_clips).
+    return _audio_clips()
   if name not in SOURCES and "download" not in config.dataset:  # No TFDS fields: not a TFDS config.
     raise ValueError(
       f"dataset.name={name!r} is not one of this package's sources ({', '.join(sorted(SOURCES))}), and "

@@ -17,6 +17,9 @@ The label's form follows `config.task` and the augmentation:
   images in training (MixUp or CutMix: `mixes`); eval labels are always int32 [b];
 - `multi_label`: float32 [b, K] multi-hot (0/1; mixed rows under MixUp/CutMix), in train and eval.
 Eval batches add `eval_mask` bool [b] (False for the padding examples that fill the last batch).
+Eval windows: with `dataset.eval_windows = W` (an int; e.g. the paper's 16 windows of each AudioSet clip) an
+eval example is W crops of the same clip: eval `inputs` [b, W, *shape] and `input_mask` [b, W, *shape[:-1]];
+the eval step scores the W windows and averages their scores into the example's (train.eval_step).
 """
 
 from __future__ import annotations
@@ -110,6 +113,14 @@ def example_inputs(config: ml_collections.ConfigDict) -> Inputs:
   return _described(_dataset(config))[0]
 
 
+def eval_windows(config: ml_collections.ConfigDict) -> int | None:
+  """`dataset.eval_windows`, checked: None (eval examples are one crop) or W >= 1 windows per example."""
+  windows = _dataset(config).get("eval_windows")
+  if windows is not None and not (isinstance(windows, int) and windows >= 1):
+    raise ValueError(f"dataset.eval_windows={windows!r} must be None or a positive integer.")
+  return windows
+
+
 def batch_spec(config: ml_collections.ConfigDict, batch_size: int, split: str = "train") -> dict[str, Any]:
   """The shapes and dtypes of a batch of `batch_size` examples of `split` ('train' or 'eval').
 
@@ -121,12 +132,14 @@ def batch_spec(config: ml_collections.ConfigDict, batch_size: int, split: str = 
     raise ValueError(f"split={split!r} must be one of {SPLITS}.")
   inputs, masked = _described(_dataset(config))
   b = int(batch_size)
+  windows = eval_windows(config)
+  lead = (b, windows) if split == "eval" and windows is not None else (b,)
 
   def batched(s: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((b, *s.shape), s.dtype)
+    return jax.ShapeDtypeStruct((*lead, *s.shape), s.dtype)
 
   def mask(s: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((b, *s.shape[:-1]), np.bool_)
+    return jax.ShapeDtypeStruct((*lead, *s.shape[:-1]), np.bool_)
 
   spec: dict[str, Any] = {}
   if isinstance(inputs, dict):

@@ -6,7 +6,8 @@ sees the data an uninterrupted one would; each process makes only its own share.
 - float inputs uniform in [0, 1), plus a class signal: along the last axis, the channel (class mod
   channels) is raised by 1 for each class of the example, so that a model can learn the labels;
   integer inputs uniform in [0, 100); bool inputs fair coins;
-- masks: the first L positions along the first axis real, L uniform in [1, length] (every other axis whole);
+- masks: the first L positions along the first axis real, L uniform in [1, length] (every other axis whole;
+  eval windows (spec.eval_windows): along the axis after the windows', the same L in each window);
 - labels: a uniform class (int32, or one-hot float32 when the spec's label is soft); multi-label: each class
   on with probability 1/4, at least one per example.
 Sizes: `dataset.num_train_examples` (the schedule's epoch) and `dataset.num_eval_examples` (the eval split,
@@ -61,10 +62,12 @@ def _example(config, batch: dict, split_code: int, index: int) -> dict:
     np.add.at(x, (..., classes % shape[-1]), 1.0)
     return x.astype(dtype)
 
+  axis = 1 if split_code == _EVAL and spec_lib.eval_windows(config) is not None else 0
+
   def mask(s):
-    length = s.shape[1]
+    length = s.shape[1 + axis]
     real = np.arange(length) < rng.integers(1, length + 1)
-    return np.broadcast_to(real.reshape(length, *([1] * (len(s.shape) - 2))), s.shape[1:]).copy()
+    return np.broadcast_to(real.reshape(length, *([1] * (len(s.shape) - 2 - axis))), s.shape[1:]).copy()
 
   example = {"inputs": jax.tree.map(values, batch["inputs"]), "label": label}
   if "input_mask" in batch:

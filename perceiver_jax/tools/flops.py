@@ -78,7 +78,8 @@ def jaxpr_matmul_flops(fn, *args, **kwargs) -> int:
 
 def _abstract_forward(config: ml_collections.ConfigDict):
   model = build.make_model(config)
-  batch = spec.batch_spec(config, 1, "eval")  # One example as the batch spec says (mask included).
+  # One example as the batch spec says (mask included); a train example is one window (spec.eval_windows).
+  batch = spec.batch_spec(config, 1, "train")
   keys = jax.ShapeDtypeStruct((1,), jax.random.key(0).dtype)
   rng = jax.random.PRNGKey(0)
   params, state = jax.eval_shape(

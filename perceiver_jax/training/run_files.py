@@ -53,6 +53,7 @@ RESUMABLE_CHANGES = (
 EVAL_CHANGES = (
   "dataset.data_dir",
   "dataset.eval_split",
+  "dataset.eval_windows",
   "dataset.download",
   "dataset.manual_dir",
   "train.eval_batch_size",

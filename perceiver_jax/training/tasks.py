@@ -83,6 +83,20 @@ def scores(task: str, logits):
   return jax.nn.sigmoid(logits) if task == MULTI_LABEL else jax.nn.softmax(logits, axis=-1)
 
 
+def average_windows(task: str, logits):
+  """Logits [B, W, K] of W windows of each example -> [B, K] logits whose scores are the windows' mean.
+
+  The paper averages the scores of an AudioSet clip's 16 windows: multi-label, the mean sigmoid p becomes
+  the logit log p - log(1 - p); single-label, the mean softmax p becomes log p (softmax(log p) = p). The
+  eval loss is then that of the averaged scores.
+  """
+  probs = jnp.mean(scores(task, logits), axis=1)  # [B, K]
+  tiny = jnp.finfo(jnp.float32).tiny
+  if task == MULTI_LABEL:
+    return jnp.log(jnp.maximum(probs, tiny)) - jnp.log(jnp.maximum(1.0 - probs, tiny))
+  return jnp.log(jnp.maximum(probs, tiny))
+
+
 def average_precisions(scores: np.ndarray, labels: np.ndarray) -> list[float | None]:
   """scikit-learn's average precision of each class: scores and multi-hot labels are [examples, classes].
 

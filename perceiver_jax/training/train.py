@@ -145,11 +145,14 @@ def eval_step(
   num_classes: int,
   task: str = tasks.SINGLE_LABEL,
   gather_scores: bool = False,
+  windows: int | None = None,
 ) -> dict[str, jax.Array]:
   """Sums over the real examples of one eval batch (`eval_mask` True, not padding), across all devices.
 
   With `gather_scores`, also the whole global batch's `scores` [B, K], `label` and `eval_mask`, gathered
   to every device (for metrics of the whole split, such as the mAP, and for saved predictions).
+  `windows` (spec.eval_windows): each example is W windows [b, W, ...], scored as b W examples (each with
+  its example's key) and averaged into the example's scores (tasks.average_windows).
   """
   inputs, input_mask, labels = batch["inputs"], batch.get("input_mask"), batch["label"]
   local = labels.shape[0]
@@ -157,6 +160,10 @@ def eval_step(
   keys = eval_example_keys(
     train_state.rng, _local_example_start(batch_index * global_batch, local) + jnp.arange(local)
   )
+  if windows is not None:  # [b, W, ...] -> [b W, ...]
+    flat = lambda x: x.reshape(local * windows, *x.shape[2:])  # noqa: E731
+    inputs, input_mask = jax.tree.map(flat, (inputs, input_mask))
+    keys = jnp.repeat(keys, windows, axis=0)
   logits, _ = model.apply(
     train_state.params,
     train_state.state,
@@ -166,6 +173,8 @@ def eval_step(
     input_mask=input_mask,
     example_keys=keys,
   )
+  if windows is not None:
+    logits = tasks.average_windows(task, logits.reshape(local, windows, -1))  # [b, K]
   weight = batch["eval_mask"].astype(jnp.float32)
   sums = lax.psum(tasks.eval_sums(task, logits, labels, weight, num_classes), parallel.AXIS)
   if gather_scores:
@@ -218,7 +227,12 @@ class Trainer:
     self.eval_step, self.scoring_eval_step = (
       parallel.data_parallel(
         functools.partial(
-          eval_step, model=self.model, num_classes=num_classes, task=self.task, gather_scores=gather
+          eval_step,
+          model=self.model,
+          num_classes=num_classes,
+          task=self.task,
+          gather_scores=gather,
+          windows=spec.eval_windows(config),
         ),
         self.mesh,
         in_specs=(rep, shard, rep),

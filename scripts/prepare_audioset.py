@@ -1,0 +1,45 @@
+r"""Builds the TFDS dataset `audioset_clips` from AudioSet's segment lists and the clips you fetched.
+
+  python scripts/prepare_audioset.py --manual_dir=/data/audioset --data_dir=/data/tfds --split=all
+
+`--manual_dir` holds `class_labels_indices.csv`, the segment lists (`balanced_train_segments.csv`, ...) and
+the clips named `<YTID>.<ext>` or `<YTID>_<start>.<ext>` in any layout below it, in any format soundfile or
+PyAV decodes; each is mixed to mono and resampled to `--sample_rate` (the config's `dataset.sample_rate`;
+48 kHz for configs/audioset.py). The result goes to `--data_dir`/audioset_clips/<rate>hz/1.0.0/, which
+`--config.dataset.data_dir` then names. Clips missing or unreadable are counted, left out and listed in
+`--data_dir`/audioset_clips_work/<rate>hz/<split>_{missing,unreadable}.txt. Interrupted or repeated, a run
+resumes: decoded shards are cached there and only absent ones are decoded (perceiver_jax/data/audioset.py).
+"""
+
+from absl import flags
+
+from perceiver_jax import cli
+from perceiver_jax.data import audioset
+
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the CSVs and the clips.", required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to build into.", required=True)
+_SPLIT = flags.DEFINE_enum(
+  "split", "all", [*audioset.SPLITS, "all"], "Segment list(s) to prepare (all: those there)."
+)
+_SAMPLE_RATE = flags.DEFINE_integer("sample_rate", 48_000, "Rate to resample to (dataset.sample_rate).")
+_CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 100, "Clips per decode-cache shard (resume unit).")
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  splits = None if _SPLIT.value == "all" else (_SPLIT.value,)  # all: every segment list there.
+  out, sizes, problems = audioset.prepare_audioset(
+    _MANUAL_DIR.value, _DATA_DIR.value, splits, _SAMPLE_RATE.value, _CLIPS_PER_SHARD.value
+  )
+  work = audioset.work_dir(_DATA_DIR.value, _SAMPLE_RATE.value)
+  for split, counts in problems.items():
+    print(
+      f"{split}: {sizes[split]} clips; {counts['missing']} missing, {counts['unreadable']} unreadable "
+      f"(listed in {work}/{split}_missing.txt, {split}_unreadable.txt)"
+    )
+  print(f"audioset_clips is ready in {out}: {sizes}")
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run(main)
