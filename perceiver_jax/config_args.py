@@ -87,6 +87,14 @@ def set_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   node[leaf] = value
 
 
+class UnknownVariant(ValueError):
+  """A variant word the config does not know; `known` lists the words it does."""
+
+  def __init__(self, word: str, known: list[str]):
+    super().__init__(f"Unknown config variant {word!r}; known variants: {', '.join(known)}.")
+    self.known = known
+
+
 def apply_arg(
   config: ml_collections.ConfigDict,
   arg: str | None,
@@ -96,7 +104,7 @@ def apply_arg(
   words, overrides = parse_arg(arg)
   for word in words:
     if word not in variants:
-      raise ValueError(f"Unknown config variant {word!r}; known variants: {', '.join(sorted(variants))}.")
+      raise UnknownVariant(word, sorted(variants))
     variants[word](config)
   for key, value in overrides.items():
     set_path(config, key, value)
@@ -119,6 +127,14 @@ def config_module(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def sibling(file: str, name: str):
+  """The module `<name>.py` beside the config file `file`, loaded by path: `sibling(__file__, "common")`.
+
+  Config files are loaded by path, not as a package, so they reach configs/common.py this way.
+  """
+  return config_module(str(pathlib.Path(file).with_name(f"{name}.py")))
 
 
 def load(config: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
