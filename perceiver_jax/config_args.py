@@ -26,6 +26,25 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def parse_field_value(config: ml_collections.ConfigDict, path: str, text: str) -> Any:
+  """An override's value from its text, as the field at dotted `path` holds it.
+
+  A string field keeps the text as it is ('007' stays a string), a bool field takes true/false in any case,
+  any other field a Python literal (`parse_value`).
+  """
+  *parents, leaf = path.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  raw = node._fields.get(leaf)  # noqa: SLF001  A FieldReference (a placeholder) knows its type.
+  kind = raw.get_type() if isinstance(raw, ml_collections.FieldReference) else type(raw)
+  if kind is str:
+    return text
+  if kind is bool and text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  return parse_value(text)
+
+
 def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
   """Splits 'a,b,k=v' into (['a', 'b'], {'k': v}); values are Python literals or plain strings."""
   words, overrides = [], {}
@@ -116,13 +135,13 @@ def config_module(path: str):
   """The config file at `path` (a local .py file defining `get_config(arg=None)`), imported by path.
 
   The one way this codebase loads a config by path (experiments, scripts, tools, tests); entry points with a
-  `--config` flag go through `cli.define_config_file`, whose errors are one line.
+  `--config` flag go through `cli.define_config_file` (this, then their overrides), whose errors are one line.
 
   Raises:
     FileNotFoundError: no such file.
   """
   if not pathlib.Path(path).is_file():
-    raise FileNotFoundError(f"Config file {path!r} does not exist.")
+    raise FileNotFoundError(f"No such file: config {path!r}.")
   spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
