@@ -36,6 +36,8 @@ import ml_collections
 
 from perceiver_jax import config_args
 
+common = config_args.sibling(__file__, "common")
+
 NUM_SAMPLES = 61_440  # 1.28 s at 48 kHz.
 
 
@@ -67,30 +69,16 @@ def _mel_input() -> dict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model_name = "perceiver"
-  c.task = "multi_label"
-  c.model = dict(
+  c = common.base("multi_label")
+  # ImageNet's model with 2 cross-attends (not 8), each followed by 8 self-attention blocks (not 6), unshared.
+  c.model = common.perceiver(
     num_classes=527,
-    num_latents=512,
-    latent_channels=1024,
+    size="paper",
     num_latent_transformers=2,
     num_cross_attends=2,
     num_self_attends_per_block=8,
-    num_cross_heads=1,
-    num_self_heads=8,
-    cross_qk_channels=None,
-    widening_factor=1,
-    dropout_rate=0.0,
     share_cross_attends=False,
     share_latent_transformers=False,
-    cross_attend_layout="interleaved",
-    attention_impl="xla",
-    cross_attention_chunk_size=None,
-    scan_repeats=True,
-    scan_blocks=False,
-    remat=False,
   )
   c.input = _raw_input()
   c.dataset = dict(
@@ -105,44 +93,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     num_train_examples=1_771_873,
     num_eval_examples=20_371,
   )
-  c.optimizer = dict(
-    name="lamb",
-    learning_rate=2e-3,
-    schedule="cosine",
-    warmup_steps=1000,
-    decay_epochs=(),
-    decay_factor=0.1,
-    constant_fraction=0.5,
-    weight_decay=0.1,
-    clip_global_norm=10.0,
-    b1=0.9,
-    b2=0.999,
+  c.optimizer = common.optimizer(**common.LAMB, learning_rate=2e-3, warmup_steps=1000)
+  c.train = common.train(
+    global_batch_size=512, num_epochs=100, label_smoothing=0.0, eval_every=10_000, eval_batch_size=64
   )
-  c.train = dict(
-    global_batch_size=512,
-    num_steps=None,
-    num_epochs=100,
-    label_smoothing=0.0,
-    log_every=100,
-    profile_steps=0,
-    eval_every=10_000,
-    eval_batch_size=64,
-    # A run directory whose parameters the run starts from (configs/imagenet.py).
-    init_from=ml_collections.config_dict.placeholder(str),
-  )
-  c.checkpoint = dict(every=2000, keep=3)
-  c.precision = "float32"
-  c = ml_collections.ConfigDict(c)
+  c.checkpoint = common.checkpoint(every=2000)
 
   def runlocal(c):
-    c.model.update(num_latents=16, latent_channels=32, num_self_attends_per_block=1, num_self_heads=2)
-    c.input.num_bands = 4
+    common.tiny_perceiver(c)
     c.dataset.update(name="synthetic", num_train_examples=64, num_eval_examples=8, eval_windows=4)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=1)
-    c.train.update(
-      global_batch_size=8, num_steps=6, num_epochs=None, log_every=2, eval_every=6, eval_batch_size=8
-    )
-    c.checkpoint.every = 3
+    common.tiny_steps(c)
 
   variants = {
     "raw": lambda c: setattr(c, "input", ml_collections.ConfigDict(_raw_input())),

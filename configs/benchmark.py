@@ -16,46 +16,24 @@ import ml_collections
 
 from perceiver_jax import config_args
 
+common = config_args.sibling(__file__, "common")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model_name = "perceiver"
-  # data.spec.TASKS: "single_label" (softmax, top-1/top-5) or "multi_label" (per-class sigmoid, mAP).
-  c.task = "single_label"
-  c.model = dict(
+  c = common.base()
+  c.model = common.perceiver(
     num_classes=10,
     num_latents=128,
     latent_channels=256,
     num_latent_transformers=4,
     num_cross_attends=4,
     num_self_attends_per_block=2,
-    num_cross_heads=1,
     num_self_heads=8,
-    cross_qk_channels=None,
-    widening_factor=1,
-    dropout_rate=0.0,
-    share_cross_attends=True,
-    share_latent_transformers=True,
-    cross_attend_layout="interleaved",
-    # Speed switches (see docs/performance.md); the defaults are the fastest on a CPU.
-    attention_impl="xla",
-    cross_attention_chunk_size=None,
     # Unrolled: 10% faster than scanned at this size on the 2-core CPU (docs/performance.md); the `paper`
     # variant scans, for its compile time.
     scan_repeats=False,
-    scan_blocks=False,
-    remat=False,
   )
-  c.input = dict(
-    front_end="image",  # front_ends.FRONT_ENDS: what turns the batches' `inputs` into tokens
-    position_encoding="fourier",
-    num_bands=32,
-    max_resolution=32,
-    learned_pos_channels=128,
-    permutation="none",
-    permutation_seed=0,
-  )
+  c.input = common.image_input(num_bands=32, max_resolution=32)
   c.dataset = dict(
     name="synthetic",
     image_size=32,
@@ -66,46 +44,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     num_eval_examples=256,  # The synthetic source's eval split (the benchmark times training only).
   )
   # Adam at a constant rate, as the peers' steps use.
-  c.optimizer = dict(
-    name="adamw",
-    learning_rate=1e-3,
-    schedule="constant",
-    warmup_steps=0,
-    decay_epochs=(),
-    decay_factor=0.1,
-    constant_fraction=0.5,  # Only for schedule "constant_cosine": the flat share of the steps.
-    weight_decay=0.0,
-    clip_global_norm=0.0,
-    b1=0.9,
-    b2=0.999,
+  c.optimizer = common.optimizer(
+    learning_rate=1e-3, schedule="constant", warmup_steps=0, weight_decay=0.0, clip_global_norm=0.0
   )
-  c.train = dict(
-    global_batch_size=32,
-    num_steps=100,
-    num_epochs=None,
-    label_smoothing=0.0,
-    log_every=100,
-    # Steps to trace with jax.profiler after the first compile, into the workdir (0: off).
-    profile_steps=0,
-    eval_every=100,
-    eval_batch_size=32,
-    # A run directory whose parameters the run starts from (configs/imagenet.py).
-    init_from=ml_collections.config_dict.placeholder(str),
+  c.train = common.train(
+    global_batch_size=32, num_steps=100, label_smoothing=0.0, eval_every=100, eval_batch_size=32
   )
-  c.precision = "float32"
   c.benchmark = dict(
     # None: train.global_batch_size over all devices; else this many images on every device.
-    batch_per_device=ml_collections.config_dict.placeholder(int),
+    batch_per_device=common.placeholder(int),
     warmup_steps=2,
     steps=10,
     # Side of the square matmul timed after every step for the ceiling; None: 2048 on a CPU, 8192 on an
     # accelerator.
-    matmul_size=ml_collections.config_dict.placeholder(int),
-    # XLA CPU devices of a CPU run (data parallel over them); None: one per core (the most that divide the
-    # global batch). Ignored where --xla_force_host_platform_device_count is set, and on accelerators.
-    cpu_devices=ml_collections.config_dict.placeholder(int),
+    matmul_size=common.placeholder(int),
+    # XLA CPU devices of a CPU run (data parallel over them); None: one per core (the most that divide
+    # the global batch). Ignored where --xla_force_host_platform_device_count is set, and on accelerators.
+    cpu_devices=common.placeholder(int),
   )
-  c = ml_collections.ConfigDict(c)
 
   def paper(c):
     c.model.update(
@@ -126,15 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.precision = "bfloat16"
 
   def runlocal(c):
-    c.model.update(
-      num_latents=16,
-      latent_channels=32,
-      num_cross_attends=2,
-      num_latent_transformers=2,
-      num_self_attends_per_block=1,
-      num_self_heads=2,
-    )
-    c.input.update(num_bands=4, max_resolution=8)
+    common.tiny_perceiver(c)
+    c.model.update(num_cross_attends=2, num_latent_transformers=2)
+    c.input.max_resolution = 8
     c.dataset.image_size = 8
     c.train.update(global_batch_size=8, eval_batch_size=8)
     c.benchmark.update(warmup_steps=1, steps=2, matmul_size=256)

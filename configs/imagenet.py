@@ -54,52 +54,26 @@ import ml_collections
 
 from perceiver_jax import config_args
 
+common = config_args.sibling(__file__, "common")
+
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model_name = "perceiver"
-  # data.spec.TASKS: "single_label" (softmax, top-1/top-5) or "multi_label" (per-class sigmoid, mAP).
-  c.task = "single_label"
-  c.model = dict(
+  c = common.base()
+  c.model = common.perceiver(
     num_classes=1000,
-    num_latents=512,
-    latent_channels=1024,
-    num_latent_transformers=8,
-    num_cross_attends=8,
-    num_self_attends_per_block=6,
-    num_cross_heads=1,
-    num_self_heads=8,
-    cross_qk_channels=None,  # None: the input's channels (261), as in the paper.
-    widening_factor=1,
-    dropout_rate=0.0,
-    share_cross_attends=True,
-    share_latent_transformers=True,
-    cross_attend_layout="interleaved",
-    # Speed and memory switches (docs/performance.md); none changes the function or the parameters.
-    attention_impl="xla",  # or "jax": jax.nn.dot_product_attention (cuDNN's fused kernel on GPU)
-    cross_attention_chunk_size=None,  # e.g. 4096: cross-attention memory O(N x chunk), not O(N x M)
-    scan_repeats=True,  # the repeats compiled once (one block per distinct block), shared or not
+    size="paper",
     scan_blocks=True,  # the latent Transformer's 6 blocks compiled once (a scan over their stacked weights)
     # Every block recomputed in the backward pass: the step then fits a 16 GB v5e chip at 16 per chip (9.99 GB
     # in float32 with libtpu 0.0.42.1, README's TPU table; 35.7 GB without with libtpu 0.0.52), at about the
     # same step time on a CPU.
     remat=True,
   )
-  c.input = dict(
-    front_end="image",  # front_ends.FRONT_ENDS: what turns the batches' `inputs` into tokens
-    position_encoding="fourier",
-    num_bands=64,
-    max_resolution=224,
-    learned_pos_channels=128,
-    permutation="none",
-    permutation_seed=0,
-  )
+  c.input = common.image_input(num_bands=64, max_resolution=224)
   c.dataset = dict(
     name="imagenet2012",
-    data_dir=ml_collections.config_dict.placeholder(str),
+    data_dir=common.placeholder(str),
     image_size=224,
     num_channels=3,
     inputs=None,  # None: images [image_size, image_size, num_channels]; else data.spec's description.
@@ -109,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     num_train_examples=IMAGENET_TRAIN_EXAMPLES,
     shuffle_buffer=10_000,  # Examples in the training shuffle buffer (at most the split).
     download=False,  # True: prepare the dataset if data_dir lacks it (ImageNet: from manual_dir).
-    manual_dir=ml_collections.config_dict.placeholder(str),  # None: <data_dir>/downloads/manual.
+    manual_dir=common.placeholder(str),  # None: <data_dir>/downloads/manual.
   )
   c.augment = dict(
     crop_area=(0.08, 1.0),
@@ -126,35 +100,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     normalize_mean=(0.485, 0.456, 0.406),
     normalize_std=(0.229, 0.224, 0.225),
   )
-  c.optimizer = dict(
-    name="lamb",
-    learning_rate=0.004,
-    schedule="step",
-    warmup_steps=0,
-    decay_epochs=(84, 102, 114),
-    decay_factor=0.1,
-    constant_fraction=0.5,  # Only for schedule "constant_cosine": the flat share of the steps.
-    weight_decay=0.1,
-    clip_global_norm=10.0,
-    b1=0.9,
-    b2=0.999,
+  c.optimizer = common.optimizer(
+    **common.LAMB, learning_rate=0.004, schedule="step", warmup_steps=0, decay_epochs=(84, 102, 114)
   )
-  c.train = dict(
-    global_batch_size=1024,
-    num_steps=None,
-    num_epochs=120,
-    label_smoothing=0.1,
-    log_every=100,
-    # Steps to trace with jax.profiler after the first compile, into the workdir (0: off).
-    profile_steps=0,
-    eval_every=5000,
-    eval_batch_size=1024,
-    # A run directory whose parameters the run starts from (see the docstring).
-    init_from=ml_collections.config_dict.placeholder(str),
-  )
-  c.checkpoint = dict(every=2000, keep=3)
-  c.precision = "float32"
-  c = ml_collections.ConfigDict(c)
+  c.train = common.train(global_batch_size=1024, num_epochs=120, eval_every=5000, eval_batch_size=1024)
+  c.checkpoint = common.checkpoint(every=2000)
 
   def official_recipe(c):
     c.optimizer.learning_rate = 5e-4 * c.train.global_batch_size / 256
@@ -178,26 +128,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.num_self_attends_per_block = 0
 
   def runlocal(c):
-    c.model.update(
-      num_latents=16,
-      latent_channels=32,
-      num_cross_attends=2,
-      num_latent_transformers=2,
-      num_self_attends_per_block=1,
-      num_self_heads=2,
-      remat=False,  # A tiny model needs no memory saved; remat would only add CPU compile time.
-    )
-    c.input.num_bands = 4
+    common.tiny_perceiver(c)
+    c.model.update(num_cross_attends=2, num_latent_transformers=2)
     c.dataset.image_size = 32
     c.input.max_resolution = 32
     c.dataset.num_train_examples = None  # From the builder's metadata.
     c.augment.randaugment_layers = 1
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 1e-3
-    c.train.update(
-      global_batch_size=8, num_steps=6, num_epochs=None, log_every=2, eval_every=6, eval_batch_size=8
-    )
-    c.checkpoint.every = 3
+    common.tiny_steps(c)
 
   def perceiver_io(c, decoder_query_residual=True):
     c.model.update(num_cross_attends=1, head="decoder", decoder_num_heads=1)
@@ -257,69 +196,22 @@ def _with_baselines(variants: dict, arg: str | None) -> dict:
   """
   local = "runlocal" in config_args.parse_arg(arg)[0]
 
+  size = "tiny" if local else "paper"
+
   def resnet50(c):
-    c.model_name = "resnet"
-    size = (
-      dict(
-        blocks_per_group=(1, 1, 1, 1),
-        channels_per_group=(8, 16, 32, 64),
-        bottleneck=False,
-        initial_channels=8,
-        initial_kernel_shape=3,
-        initial_stride=1,
-      )
-      if local
-      else dict(
-        blocks_per_group=(3, 4, 6, 3),
-        channels_per_group=(256, 512, 1024, 2048),
-        bottleneck=True,
-        initial_channels=64,
-        initial_kernel_shape=7,
-        initial_stride=2,
-      )
-    )
-    c.model = ml_collections.ConfigDict(
-      dict(num_classes=c.dataset.num_classes, strides=(1, 2, 2, 2), bn_decay_rate=0.9, **size)
-    )
+    common.baseline(c, "resnet", size)
 
   def vit_b16(c):
-    c.model_name = "vit"
-    size = (
-      dict(patch_size=8, width=32, num_layers=2, num_heads=2)
-      if local
-      else dict(patch_size=16, width=768, num_layers=12, num_heads=12)
-    )
-    c.model = ml_collections.ConfigDict(
-      dict(
-        num_classes=c.dataset.num_classes,
-        widening_factor=4,
-        dropout_rate=0.0,
-        pool="token",
-        remat=False,
-        attention_chunk_size=None,
-        **size,
-      )
-    )
+    common.baseline(c, "vit", size, patch_size=8 if local else 16)
 
   def transformer64(c):
     # The image resized to 64x64 (4,096 tokens); Fourier features of that grid with mu = 64, its Nyquist
     # limit, as mu = 224 is for 224x224. Width 512, 12 layers: ~723 GFLOPs, the Perceiver's compute (see
     # `baselines.Transformer`). runlocal: a 16x16 grid.
-    c.model_name = "transformer"
-    size = dict(width=32, num_layers=2, num_heads=2) if local else dict(width=512, num_layers=12, num_heads=8)
-    # Its 4,096-token attention: every block recomputed in the backward pass and the keys attended in chunks
-    # of 1,024, else the step needs 25.8 GB per v5e chip at 16 per chip (20.6 GB with remat alone), measured
-    # by scripts/compile_tpu.py with libtpu 0.0.52. runlocal: neither.
-    c.model = ml_collections.ConfigDict(
-      dict(
-        num_classes=c.dataset.num_classes,
-        widening_factor=4,
-        dropout_rate=0.0,
-        remat=not local,
-        attention_chunk_size=None if local else 1024,
-        **size,
-      )
-    )
+    # Its 4,096-token attention: every block recomputed in the backward pass (the paper size's `remat`) and
+    # the keys attended in chunks of 1,024, else the step needs 25.8 GB per v5e chip at 16 per chip (20.6 GB
+    # with remat alone), measured by scripts/compile_tpu.py with libtpu 0.0.52. runlocal: neither.
+    common.baseline(c, "transformer", size, attention_chunk_size=None if local else 1024)
     c.input.resize_to = 16 if local else 64
     c.input.max_resolution = c.input.resize_to
 

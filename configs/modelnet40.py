@@ -19,50 +19,30 @@ Variants: Table 4's baselines, fed the points "arranged randomly in a 2-D grid" 
 tiny model and batch on the same code path), and key=value overrides.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
 from perceiver_jax import config_args
 
+common = config_args.sibling(__file__, "common")
+
 GRID = (32, 64)
 TRANSFORMER_SIDE = 44
-
-
-def _shapes_config():
-  """configs/shapes.py, for its Table 4 baseline words (one definition for both scales)."""
-  spec = importlib.util.spec_from_file_location(
-    "configs_shapes", pathlib.Path(__file__).with_name("shapes.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+# The config's words for Table 4's rows (configs/shapes.py calls them resnet, vit2, ..., transformer).
+WORDS = {
+  "resnet": "resnet50",
+  **{f"vit{p}": f"vit_b{p}" for p in (2, 4, 8, 16)},
+  "transformer": f"transformer{TRANSFORMER_SIDE}",
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.task = "single_label"  # One class per cloud.
-  c.model_name = "perceiver"
-  c.model = dict(
+  c = common.base("single_label")
+  # ImageNet's model with 2 cross-attends, each followed by a latent Transformer of 6 blocks.
+  c.model = common.perceiver(
     num_classes=40,
-    num_latents=512,
-    latent_channels=1024,
+    size="paper",
     num_latent_transformers=2,
     num_cross_attends=2,
-    num_self_attends_per_block=6,
-    num_cross_heads=1,
-    num_self_heads=8,
-    cross_qk_channels=None,  # None: the input's channels (387), as on ImageNet.
-    widening_factor=1,
-    dropout_rate=0.0,
-    share_cross_attends=True,
-    share_latent_transformers=True,
-    cross_attend_layout="interleaved",
-    attention_impl="xla",
-    cross_attention_chunk_size=None,
-    scan_repeats=True,
     scan_blocks=True,
     remat=True,
   )
@@ -76,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.dataset = dict(
     name="modelnet40",
-    data_dir=ml_collections.config_dict.placeholder(str),
+    data_dir=common.placeholder(str),
     num_points=2048,
     point_channels=0,  # 3: the normals too (if prepared with them); the paper uses xyz only.
     num_classes=40,
@@ -87,55 +67,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   # Per-point scales of the paper's training augmentation; no MixUp or CutMix (hard labels).
   c.augment = dict(point_scale=(0.99, 1.01), mixup_alpha=0.0, cutmix_alpha=0.0)
-  c.optimizer = dict(
-    name="lamb",
-    learning_rate=1e-3,
-    schedule="constant",
-    warmup_steps=0,
-    decay_epochs=(),
-    decay_factor=0.1,
-    constant_fraction=0.5,
-    weight_decay=0.1,
-    clip_global_norm=10.0,
-    b1=0.9,
-    b2=0.999,
-  )
-  c.train = dict(
-    global_batch_size=512,
-    num_steps=50_000,
-    num_epochs=None,
-    label_smoothing=0.1,
-    log_every=100,
-    profile_steps=0,
-    eval_every=2500,
-    eval_batch_size=512,
-    # A run directory whose parameters the run starts from (configs/imagenet.py).
-    init_from=ml_collections.config_dict.placeholder(str),
-  )
-  c.checkpoint = dict(every=2500, keep=3)
-  c.precision = "float32"
-  c = ml_collections.ConfigDict(c)
+  c.optimizer = common.optimizer(**common.LAMB, learning_rate=1e-3, schedule="constant", warmup_steps=0)
+  c.train = common.train(global_batch_size=512, num_steps=50_000, eval_every=2500, eval_batch_size=512)
+  c.checkpoint = common.checkpoint(every=2500)
   local = "runlocal" in config_args.parse_arg(arg)[0]
-  shapes = _shapes_config()
 
   def runlocal(c):
-    c.model.update(
-      num_latents=16,
-      latent_channels=32,
-      num_self_attends_per_block=1,
-      num_self_heads=2,
-      scan_blocks=False,
-      remat=False,
-    )
-    c.input.num_bands = 4
-    c.train.update(global_batch_size=8, num_steps=6, log_every=2, eval_every=6, eval_batch_size=8)
-    c.checkpoint.every = 3
+    common.tiny_perceiver(c)
+    c.model.scan_blocks = False
+    common.tiny_steps(c)
 
-  baselines = shapes.baselines(GRID, TRANSFORMER_SIDE, small=local)
-  if local:  # The same words at runlocal size (the small baselines' words are resnet, vit2, ...).
-    baselines = {
-      "resnet50": baselines["resnet"],
-      **{f"vit_b{p}": baselines[f"vit{p}"] for p in (2, 4, 8, 16)},
-      "transformer44": baselines["transformer"],
-    }
+  # At runlocal the baselines have configs/shapes.py's sizes ("small"), under this config's words.
+  baselines = common.grid_baselines(GRID, TRANSFORMER_SIDE, "small" if local else "paper", words=WORDS)
   return config_args.apply_arg(c, arg, {"runlocal": runlocal, **baselines})

@@ -25,6 +25,8 @@ import ml_collections
 
 from perceiver_jax import config_args
 
+common = config_args.sibling(__file__, "common")
+
 NUM_SAMPLES = 4096
 SAMPLE_RATE = 4000
 
@@ -58,31 +60,8 @@ def _mel_input(sample_rate: int = SAMPLE_RATE) -> dict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model_name = "perceiver"
-  c.task = "multi_label"
-  c.model = dict(
-    num_classes=8,
-    num_latents=32,
-    latent_channels=64,
-    num_latent_transformers=2,
-    num_cross_attends=2,
-    num_self_attends_per_block=2,
-    num_cross_heads=1,
-    num_self_heads=4,
-    cross_qk_channels=None,
-    widening_factor=1,
-    dropout_rate=0.0,
-    share_cross_attends=True,
-    share_latent_transformers=True,
-    cross_attend_layout="interleaved",
-    attention_impl="xla",
-    cross_attention_chunk_size=None,
-    scan_repeats=True,
-    scan_blocks=False,
-    remat=False,
-  )
+  c = common.base("multi_label")
+  c.model = common.perceiver(num_classes=8, size="small")
   c.input = _raw_input()
   c.dataset = dict(
     name="sounds",
@@ -93,34 +72,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     num_train_examples=8192,  # An epoch for the schedule; the stream itself never repeats.
     num_eval_examples=512,
   )
-  c.optimizer = dict(
-    name="adamw",
-    learning_rate=3e-3,
-    schedule="cosine",
-    warmup_steps=50,
-    decay_epochs=(),
-    decay_factor=0.1,
-    constant_fraction=0.5,
-    weight_decay=0.1,
-    clip_global_norm=1.0,
-    b1=0.9,
-    b2=0.999,
+  c.optimizer = common.optimizer(warmup_steps=50)
+  c.train = common.train(
+    global_batch_size=32, num_steps=600, label_smoothing=0.0, eval_every=300, eval_batch_size=128
   )
-  c.train = dict(
-    global_batch_size=32,
-    num_steps=600,
-    num_epochs=None,
-    label_smoothing=0.0,
-    log_every=100,
-    profile_steps=0,
-    eval_every=300,
-    eval_batch_size=128,
-    # A run directory whose parameters the run starts from (configs/imagenet.py).
-    init_from=ml_collections.config_dict.placeholder(str),
-  )
-  c.checkpoint = dict(every=300, keep=2)
-  c.precision = "float32"
-  c = ml_collections.ConfigDict(c)
+  c.checkpoint = common.checkpoint(every=300, keep=2)
 
   def speech_commands(c):
     c.task = "single_label"
@@ -141,11 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.input.sample_rate = 16_000
 
   def runlocal(c):
-    c.train.num_steps = 30
-    c.train.log_every = 10
-    c.train.eval_every = 30
-    c.optimizer.warmup_steps = 5
-    c.checkpoint.every = 20
+    common.runlocal_steps(c)
     c.dataset.num_eval_examples = 64
 
   variants = {

@@ -36,15 +36,8 @@ _OVERRIDES: dict = {}
 
 def _parse(argv: list[str]) -> list[str]:
   """absl's parsing of every flag but the `--config.a.b=value` overrides, which are kept for main."""
-  rest = []
-  for arg in argv:
-    if arg.startswith("--config."):
-      key, sep, value = arg[len("--config.") :].partition("=")
-      if not sep:
-        raise ValueError(f"{arg} has no value; write --config.{key}=VALUE.")
-      _OVERRIDES[key] = config_args.parse_value(value)
-    else:
-      rest.append(arg)
+  rest, overrides = cli.split_overrides(argv)
+  _OVERRIDES.update({key: config_args.parse_value(value) for key, value in overrides.items()})
   return flags.FLAGS(rest)
 
 

@@ -27,8 +27,9 @@ flags.mark_flag_as_required("workdir")
 
 
 def _get_config(suite):
+  """The suite's `get_config(arg)`, through the one loader (`config_args.load`)."""
   path = pathlib.Path(__file__).resolve().parents[1] / "configs" / _CONFIGS[suite]
-  return config_args.config_module(str(path)).get_config
+  return lambda arg=None: config_args.load(f"{path}:{arg or ''}")
 
 
 def main(argv):

@@ -21,52 +21,78 @@ def _verbose(argv: Sequence[str]) -> bool:
   return any(a in ("--verbose", "-verbose") for a in argv)
 
 
-def _config_key_message(argv: Sequence[str], error: Exception) -> str | None:
-  """For an unknown `--config.a.b=v` field: the message naming it and the nearest known fields."""
-  if not isinstance(error, (AttributeError, KeyError)):
-    return None
-  config = _load_config(argv, "config", "")
-  if config is None or not hasattr(config, "items"):
-    return None
-  known = config_args.leaf_paths(config)
-  for arg in argv:
-    if arg.startswith("--config."):
-      key = arg[len("--config.") :].split("=", 1)[0]
-      if key not in known:
-        return config_args.unknown_field_message(config, key, f"--config.{key}")
-  return None
+def split_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str], dict[str, str]]:
+  """`argv` without its `--<name>.a.b=v` overrides, and those overrides as {'a.b': 'v'} (texts, in order).
 
-
-def _load_config(argv: Sequence[str], name: str, default: str):
-  """The config `--<name>=path[:arg]` in argv (else `default`) names, without its overrides, or None."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), default)
-  try:
-    return config_args.load(spec)
-  except Exception:  # noqa: BLE001  Then the message goes without the nearest fields.
-    return None
-
-
-def define_config_file(name: str, default: str, help_string: str):
-  """`config_flags.DEFINE_config_file`, with an unknown `--<name>.a.b=v` field as one line (exit status 2).
-
-  config_flags applies the overrides in sys.argv when the flag is defined, at import, before absl's
-  flag parsing: an unknown field fails there, as an AttributeError without the field's path.
+  The one reader of the overrides: config flags, experiments/evaluate.py and scripts/sweep.py use it.
   """
-  from ml_collections import config_flags
+  prefix = f"--{name}."
+  rest, overrides = [], {}
+  for arg in argv:
+    if not arg.startswith(prefix):
+      rest.append(arg)
+      continue
+    key, sep, value = arg[len(prefix) :].partition("=")
+    if not sep:
+      raise ValueError(f"{arg} has no value; write {prefix}{key}=VALUE.")
+    overrides[key] = value
+  return rest, overrides
 
-  try:
-    return config_flags.DEFINE_config_file(name, default, help_string)
-  except (AttributeError, KeyError) as e:
-    if _verbose(sys.argv):
-      raise
-    config = _load_config(sys.argv, name, default)
-    prefix = f"--{name}."
-    keys = [a[len(prefix) :].split("=", 1)[0] for a in sys.argv if a.startswith(prefix)]
-    known = config_args.leaf_paths(config) if config is not None else []
-    bad = next((k for k in keys if k not in known), None)
-    if config is not None and bad is not None:
-      _fail(e, 2, sys.argv, config_args.unknown_field_message(config, bad, f"--{name}.{bad}"))
-    _fail(e, 2, sys.argv)
+
+def load_config(spec: str, overrides: dict[str, str], name: str = "config"):
+  """`config_args.load(spec)` with the `--<name>.a.b=v` override texts set, each as its field's type.
+
+  Raises:
+    FileNotFoundError: no such config file. ValueError: an unknown variant word, field or value.
+  """
+  config = config_args.load(spec)
+  known = config_args.leaf_paths(config)
+  for key, text in overrides.items():
+    if key not in known:
+      raise ValueError(config_args.unknown_field_message(config, key, f"--{name}.{key}"))
+    config_args.set_path(config, key, config_args.parse_field_value(config, key, text))
+  config.lock()  # A field the code misspells is an error, not a new field.
+  return config
+
+
+class ConfigFlag:
+  """The config of `--<name>=path[:variants]` and its `--<name>.a.b=v` overrides (`value`), loaded once.
+
+  `parse_flags` sets the overrides aside before absl parses the flags and loads the config right after, so
+  a missing file, an unknown word or field, or a config file that raises is one line (exit status 2).
+  """
+
+  def __init__(self, name: str, holder: flags.FlagHolder):
+    self.name = name
+    self._holder = holder
+    self.overrides: dict[str, str] = {}
+    self._config = None
+
+  @property
+  def spec(self) -> str | None:
+    return self._holder.value
+
+  @property
+  def value(self):
+    if self._config is None:
+      if not self.spec:
+        raise ValueError(f"Give --{self.name}=FILE.py[:variants], e.g. --{self.name}=configs/digits.py.")
+      self._config = load_config(self.spec, self.overrides, self.name)
+    return self._config
+
+
+_CONFIG_FLAGS: list[ConfigFlag] = []
+
+
+def define_config_file(name: str, default: str | None, help_string: str) -> ConfigFlag:
+  """A `--<name>=path[:variants]` flag whose `.value` is `config_args.load`'s config, overrides applied.
+
+  The one way an entry point takes a config (it must run through `cli.run`); replaces
+  `config_flags.DEFINE_config_file`, which loaded the file its own way.
+  """
+  flag = ConfigFlag(name, flags.DEFINE_string(name, default, help_string))
+  _CONFIG_FLAGS.append(flag)
+  return flag
 
 
 def _message(error: BaseException) -> str:
@@ -110,17 +136,19 @@ def _fail(error: BaseException, status: int, argv: Sequence[str], message: str |
 def parse_flags(argv: list[str], parse: Callable[[list[str]], list[str]] | None = None) -> list[str]:
   """absl's flag parsing, with every error as one line (exit status 2)."""
   try:
-    return (parse or flags.FLAGS)(argv)
+    for flag in _CONFIG_FLAGS:
+      argv, flag.overrides = split_overrides(argv, flag.name)
+    rest = (parse or flags.FLAGS)(argv)
+    for flag in _CONFIG_FLAGS:
+      if flag.spec:
+        flag.value  # noqa: B018  Loaded now: its errors are the flags' (exit status 2).
+    return rest
   except SystemExit:
     raise
   except Exception as e:  # noqa: BLE001  Whatever the flags got wrong, say it in one line.
     if _verbose(argv):
       raise
-    if isinstance(e, flags.Error) and "before a value for --config" in str(e):
-      message = f"{e}; put --config=FILE before the --config.a.b=v overrides"
-    else:
-      message = _config_key_message(argv, e)
-    _fail(e, 2, argv, message)
+    _fail(e, 2, argv)
   raise AssertionError("unreachable")
 
 

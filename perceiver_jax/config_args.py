@@ -26,6 +26,25 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def parse_field_value(config: ml_collections.ConfigDict, path: str, text: str) -> Any:
+  """An override's value from its text, as the field at dotted `path` holds it.
+
+  A string field keeps the text as it is ('007' stays a string), a bool field takes true/false in any case,
+  any other field a Python literal (`parse_value`).
+  """
+  *parents, leaf = path.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  raw = node._fields.get(leaf)  # noqa: SLF001  A FieldReference (a placeholder) knows its type.
+  kind = raw.get_type() if isinstance(raw, ml_collections.FieldReference) else type(raw)
+  if kind is str:
+    return text
+  if kind is bool and text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  return parse_value(text)
+
+
 def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
   """Splits 'a,b,k=v' into (['a', 'b'], {'k': v}); values are Python literals or plain strings."""
   words, overrides = [], {}
@@ -87,6 +106,14 @@ def set_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   node[leaf] = value
 
 
+class UnknownVariant(ValueError):
+  """A variant word the config does not know; `known` lists the words it does."""
+
+  def __init__(self, word: str, known: list[str]):
+    super().__init__(f"Unknown config variant {word!r}; known variants: {', '.join(known)}.")
+    self.known = known
+
+
 def apply_arg(
   config: ml_collections.ConfigDict,
   arg: str | None,
@@ -96,7 +123,7 @@ def apply_arg(
   words, overrides = parse_arg(arg)
   for word in words:
     if word not in variants:
-      raise ValueError(f"Unknown config variant {word!r}; known variants: {', '.join(sorted(variants))}.")
+      raise UnknownVariant(word, sorted(variants))
     variants[word](config)
   for key, value in overrides.items():
     set_path(config, key, value)
@@ -108,17 +135,25 @@ def config_module(path: str):
   """The config file at `path` (a local .py file defining `get_config(arg=None)`), imported by path.
 
   The one way this codebase loads a config by path (experiments, scripts, tools, tests); entry points with a
-  `--config` flag go through `cli.define_config_file`, whose errors are one line.
+  `--config` flag go through `cli.define_config_file` (this, then their overrides), whose errors are one line.
 
   Raises:
     FileNotFoundError: no such file.
   """
   if not pathlib.Path(path).is_file():
-    raise FileNotFoundError(f"Config file {path!r} does not exist.")
+    raise FileNotFoundError(f"No such file: config {path!r}.")
   spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def sibling(file: str, name: str):
+  """The module `<name>.py` beside the config file `file`, loaded by path: `sibling(__file__, "common")`.
+
+  Config files are loaded by path, not as a package, so they reach configs/common.py this way.
+  """
+  return config_module(str(pathlib.Path(file).with_name(f"{name}.py")))
 
 
 def load(config: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:

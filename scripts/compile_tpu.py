@@ -17,12 +17,12 @@ line unless --allow_other_libtpu.
 
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from perceiver_jax import cli
 from perceiver_jax.tools import compile_tpu
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].")
+_CONFIG = cli.define_config_file("config", None, "Config file[:variants].")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:8x8, v4:4x4x4, v5p:4x4x4.")
 _PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 16, "Training examples per chip.")
 _FIND_MAX_BATCH = flags.DEFINE_bool(
@@ -50,9 +50,9 @@ def main(argv: list[str]) -> None:
       allow_other_libtpu=_ALLOW_OTHER_LIBTPU.value,
     )
   except (compile_tpu.TopologyError, compile_tpu.LibtpuError) as e:
-    sys.exit(str(e))
+    sys.exit(str(e))  # Already one line that says what to give.
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  cli.run(main)

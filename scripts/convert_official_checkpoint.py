@@ -23,7 +23,7 @@ import ml_collections
 from absl import flags
 from etils import epath
 
-from perceiver_jax import cli, pretrained
+from perceiver_jax import cli, config_args, pretrained
 from perceiver_jax.training import checkpoint, optim, run_files, train
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The downloaded .pystate file.", required=True)
@@ -44,16 +44,6 @@ _IMAGE_SIZE = flags.DEFINE_integer(
 _CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-def _load_config(spec: str) -> ml_collections.ConfigDict:
-  import importlib.util
-
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("convert_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 def convert(checkpoint_path: str, workdir: str, config_spec: str | None = None, **shape_args) -> dict:
   """Writes the run directory; returns a summary (kind, parameters, workdir)."""
   root = epath.Path(workdir)
@@ -61,7 +51,7 @@ def convert(checkpoint_path: str, workdir: str, config_spec: str | None = None, 
     raise FileExistsError(f"{workdir} already holds a run; pass a new --workdir.")
   loaded, params, state = pretrained.load_official(checkpoint_path, **shape_args)
   kind = loaded.pretrained_kind
-  config = _load_config(config_spec or str(_CONFIGS / f"imagenet.py:io_{kind}"))
+  config = config_args.load(config_spec or str(_CONFIGS / f"imagenet.py:io_{kind}"))
   config.model.update(loaded.model.to_dict())
   config.input = ml_collections.ConfigDict(loaded.input.to_dict())
   config.dataset.update(image_size=loaded.dataset.image_size, num_classes=loaded.dataset.num_classes)

@@ -27,9 +27,8 @@ _TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "
 
 def _parse_flags(argv: list[str]) -> list[str]:
   # absl does not know the config's fields: set `--config.*` overrides aside for the runs.
-  overrides = [a for a in argv[1:] if a.startswith("--config.")]
-  rest = flags.FLAGS([a for a in argv if not a.startswith("--config.")])
-  return rest + overrides
+  argv, overrides = cli.split_overrides(argv)
+  return flags.FLAGS(argv) + [f"--config.{key}={value}" for key, value in overrides.items()]
 
 
 def main(argv: list[str]) -> None:

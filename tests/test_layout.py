@@ -103,3 +103,27 @@ def test_the_checks_see_imports_inside_functions_and_cycles(tmp_path):
   assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
   assert find_cycle({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}}) is None
   assert "perceiver_jax.training.train" in graph()["perceiver_jax.tools.visualize"]
+
+
+# README map rows outside the library: folder -> the library modules its files may import (None: any).
+OUTSIDE = {"configs": {"perceiver_jax.config_args"}, "experiments": None, "scripts": None}
+
+
+def test_configs_experiments_and_scripts_import_what_the_map_says_and_the_library_none_of_them():
+  modules = library_modules()
+  for folder, allowed in OUTSIDE.items():
+    paths = sorted((ROOT.parent / folder).glob("*.py"))
+    assert paths, folder
+    for path in paths:
+      found = imports_of(path, modules)
+      assert found <= set(modules), (path, sorted(found - set(modules)))  # No import of a moved module.
+      assert allowed is None or found <= allowed, (path, sorted(found - allowed))
+  outside = [
+    f"{name} -> {node.module if isinstance(node, ast.ImportFrom) else alias.name}"
+    for name, path in modules.items()
+    for node in ast.walk(ast.parse(path.read_text()))
+    if isinstance(node, (ast.Import, ast.ImportFrom))
+    for alias in node.names
+    if ((node.module or "") if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0] in OUTSIDE
+  ]
+  assert not outside, outside

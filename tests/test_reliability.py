@@ -239,7 +239,7 @@ def test_tools_check_their_input(reference, tmp_path, caplog, monkeypatch):
   root = tmp_path / "sweep"
   with pytest.raises(ValueError, match="Run num_cross_attends=3: num_cross_attends=3 must divide"):
     sweep.main("configs/digits.py:runlocal", ["num_cross_attends=1,3"], str(root), "local", "no_such.py")
-  with pytest.raises(ValueError, match="'model.foo' names no config field"):
+  with pytest.raises(ValueError, match="--config.model.foo names no config field"):  # As train.py says it.
     sweep.main("configs/digits.py:runlocal", ["seed=0"], str(root), "local", "x.py", ["--config.model.foo=1"])
   assert not root.exists()  # Nothing was launched.
 

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 import haiku as hk
 import jax.numpy as jnp
 
-from perceiver_jax.models.attention import SelfAttentionBlock, layer_norm
+from perceiver_jax.models.attention import SelfAttentionBlock
 from perceiver_jax.models.checks import check_positive
+from perceiver_jax.models.dense import layer_norm
 
 POOLS = ("token", "mean")
 

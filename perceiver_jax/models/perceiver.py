@@ -47,14 +47,10 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from perceiver_jax.models.attention import (
-  ATTENTION_IMPLS,
-  CrossAttentionBlock,
-  SelfAttentionBlock,
-  normalize,
-  varying_like,
-)
+from perceiver_jax.models.attention import CrossAttentionBlock, SelfAttentionBlock
+from perceiver_jax.models.attention_kernels import ATTENTION_IMPLS, varying_like
 from perceiver_jax.models.checks import check_positive
+from perceiver_jax.models.dense import normalize
 
 LAYOUTS = ("interleaved", "start")
 HEADS = ("mean_pool", "decoder")
@@ -193,17 +189,7 @@ class Perceiver(hk.Module):
     """
     if tokens.ndim != 3:
       raise ValueError(f"Perceiver takes tokens [B, M, C]; got shape {tokens.shape}.")
-    k, r = self.num_cross_attends, self.num_latent_transformers
-    # Module instances are the unit of weight sharing in Haiku: calling one twice reuses its weights.
-    if self.share_cross_attends:
-      shared = self._cross_attend("cross_attend_shared") if k > 1 else None
-      cross_attends = [self._cross_attend("cross_attend_0")] + [shared] * (k - 1)
-    else:
-      cross_attends = [self._cross_attend(f"cross_attend_{i}") for i in range(k)]
-    if self.share_latent_transformers:
-      transformers = [self._latent_transformer("latent_transformer")] * r
-    else:
-      transformers = [self._latent_transformer(f"latent_transformer_{i}") for i in range(r)]
+    cross_attends, transformers = _modules(self)
 
     init = hk.initializers.TruncatedNormal(stddev=0.02)
     latents = hk.get_parameter("latents", [self.num_latents, self.latent_channels], init=init)
@@ -215,13 +201,7 @@ class Perceiver(hk.Module):
     # Every cross-attend normalises the same tokens: once here. The blocks fold their LayerNorm's scale
     # and offset into their projections.
     tokens = normalize(tokens)  # [B, M, C]
-    # Keys and values of a weight-shared cross-attend are the same every time it runs: computed once.
-    # (None where the projections fold into the queries: then there are none to keep.)
-    memories = {}
-    for block in cross_attends:
-      if cross_attends.count(block) > 1 and id(block) not in memories:
-        memories[id(block)] = block.memory(tokens, num_queries=self.num_latents, normalized=True)
-    memories = {key: memory for key, memory in memories.items() if memory is not None}
+    memories = _shared_memories(cross_attends, tokens, self.num_latents)
 
     def checkpointed(fn):
       return hk.remat(fn) if self.remat else fn
@@ -263,46 +243,12 @@ class Perceiver(hk.Module):
           x = call(block, x)
       return x
 
-    # The order the blocks run in, in segments: [("cross", i), ("latent", j), ...] (cross-attend i, latent
-    # Transformer j).
-    if self.cross_attend_layout == "interleaved":
-      every = r // k
-      segments = [[("cross", i)] + [("latent", i * every + t) for t in range(every)] for i in range(k)]
-    else:
-      segments = [[("cross", i)] for i in range(k)] + [[("latent", j)] for j in range(r)]
-
+    segments = _segments(self.cross_attend_layout, self.num_cross_attends, self.num_latent_transformers)
+    ops = (cross_attends, transformers, cross, transformer)
     if self.scan_repeats and not hk.running_init():
-      # Runs of segments alike in structure, each one scan (`_scan_run`). The shared cross-attend's keys and
-      # values (several heads, not folded) are computed once, the unshared first one's in its own run:
-      # they do not mix in one scan.
-      runs = []
-      for segment in segments[1:] if memories else segments:
-        if runs and [kind for kind, _ in runs[-1][0]] == [kind for kind, _ in segment]:
-          runs[-1].append(segment)
-        else:
-          runs.append([segment])
-      runs = [[segments[0]]] + runs if memories else runs
-      weights = []
-      for run in runs:
-        latents, outs = _scan_run(
-          run, latents, cross_attends, transformers, cross, transformer, self.scan_blocks
-        )
-        weights += outs
+      latents, weights = _run_scanned(segments, latents, ops, bool(memories), self.scan_blocks)
     else:
-      # Unrolled. At init every module runs once, at its first use: that creates every parameter, in the
-      # order (and so with the initial values) of the whole model's run.
-      weights, seen = [], set()
-      for kind, i in (op for segment in segments for op in segment):
-        module = cross_attends[i] if kind == "cross" else transformers[i]
-        if hk.running_init() and id(module) in seen:
-          weights += [None] if kind == "cross" else []
-          continue
-        seen.add(id(module))
-        if kind == "cross":
-          latents, out = cross(module, latents)
-          weights.append(out)
-        else:
-          latents = transformer(module, latents)
+      latents, weights = _run_unrolled(segments, latents, ops)
 
     if self.head == "decoder":
       pooled = self._decode(latents, is_training=is_training)  # [B, D]
@@ -328,6 +274,94 @@ class Perceiver(hk.Module):
       name="decoder",
     )
     return decoder(query, latents, is_training=is_training)[:, 0]  # [B, D]
+
+
+# The parts of `Perceiver.__call__`: functions, not methods, as `_scan_run` (a mixed-precision policy would
+# cast a method's outputs); they run inside the Perceiver's call, so in its name scope.
+
+
+def _modules(perceiver: Perceiver) -> tuple[list[CrossAttentionBlock], list[list[SelfAttentionBlock]]]:
+  """The cross-attends [num_cross_attends] and latent Transformers [num_latent_transformers] in run order.
+
+  Module instances are the unit of weight sharing in Haiku: calling one twice reuses its weights.
+  """
+  k, r = perceiver.num_cross_attends, perceiver.num_latent_transformers
+  if perceiver.share_cross_attends:
+    shared = perceiver._cross_attend("cross_attend_shared") if k > 1 else None
+    cross_attends = [perceiver._cross_attend("cross_attend_0")] + [shared] * (k - 1)
+  else:
+    cross_attends = [perceiver._cross_attend(f"cross_attend_{i}") for i in range(k)]
+  if perceiver.share_latent_transformers:
+    transformers = [perceiver._latent_transformer("latent_transformer")] * r
+  else:
+    transformers = [perceiver._latent_transformer(f"latent_transformer_{i}") for i in range(r)]
+  return cross_attends, transformers
+
+
+def _shared_memories(cross_attends, tokens, num_latents: int) -> dict:
+  """{id(block): its keys and values} of each weight-shared cross-attend, from normalised tokens [B, M, C].
+
+  Keys and values of a weight-shared cross-attend are the same every time it runs: computed once.
+  (None where the projections fold into the queries: then there are none to keep.)
+  """
+  memories = {}
+  for block in cross_attends:
+    if cross_attends.count(block) > 1 and id(block) not in memories:
+      memories[id(block)] = block.memory(tokens, num_queries=num_latents, normalized=True)
+  return {key: memory for key, memory in memories.items() if memory is not None}
+
+
+def _segments(layout: str, k: int, r: int) -> list[list[tuple[str, int]]]:
+  """The order the blocks run in, in segments: [("cross", i), ("latent", j), ...] (cross-attend i, latent
+  Transformer j)."""
+  if layout == "interleaved":
+    every = r // k
+    return [[("cross", i)] + [("latent", i * every + t) for t in range(every)] for i in range(k)]
+  return [[("cross", i)] for i in range(k)] + [[("latent", j)] for j in range(r)]
+
+
+def _run_scanned(segments, latents, ops, memories: bool, scan_blocks: bool):
+  """Runs of segments alike in structure, each one scan (`_scan_run`) -> (latents, cross-attend weights).
+
+  `ops`: (cross_attends, transformers, cross, transformer). The shared cross-attend's keys and values
+  (several heads, not folded: `memories`) are computed once, the unshared first one's in its own run: they
+  do not mix in one scan.
+  """
+  cross_attends, transformers, cross, transformer = ops
+  runs = []
+  for segment in segments[1:] if memories else segments:
+    if runs and [kind for kind, _ in runs[-1][0]] == [kind for kind, _ in segment]:
+      runs[-1].append(segment)
+    else:
+      runs.append([segment])
+  runs = [[segments[0]]] + runs if memories else runs
+  weights = []
+  for run in runs:
+    latents, outs = _scan_run(run, latents, cross_attends, transformers, cross, transformer, scan_blocks)
+    weights += outs
+  return latents, weights
+
+
+def _run_unrolled(segments, latents, ops):
+  """The segments one after the other -> (latents, cross-attend weights); `ops` as `_run_scanned`'s.
+
+  At init every module runs once, at its first use: that creates every parameter, in the order (and so
+  with the initial values) of the whole model's run.
+  """
+  cross_attends, transformers, cross, transformer = ops
+  weights, seen = [], set()
+  for kind, i in (op for segment in segments for op in segment):
+    module = cross_attends[i] if kind == "cross" else transformers[i]
+    if hk.running_init() and id(module) in seen:
+      weights += [None] if kind == "cross" else []
+      continue
+    seen.add(id(module))
+    if kind == "cross":
+      latents, out = cross(module, latents)
+      weights.append(out)
+    else:
+      latents = transformer(module, latents)
+  return latents, weights
 
 
 def _scan_run(run, latents, cross_attends, transformers, cross, transformer, scan_blocks: bool):

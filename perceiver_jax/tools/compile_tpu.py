@@ -202,8 +202,8 @@ def compile_for_topology(
 ) -> dict[str, Any]:
   """Compiles `config`'s train step (and eval step) for `topology` at `per_chip_batch`; see the module doc.
 
-  `kernels`: the platform whose kernels the model is traced with (`attention.kernels_for`): the TPU's own
-  plain path, or 'cpu' to compile the hand-written CPU kernels for the TPU and compare them.
+  `kernels`: the platform whose kernels the model is traced with (`attention_kernels.kernels_for`): the
+  TPU's own plain path, or 'cpu' to compile the hand-written CPU kernels for the TPU and compare them.
   Returns the flat dict of `scripts/compile_tpu.py`'s JSON line; with `keep_compiled`, also the compiled
   train step under '_compiled' (None when it did not fit).
   """

@@ -21,11 +21,11 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from etils import epath
 
-from perceiver_jax import config_args
+from perceiver_jax import cli
 
 LAUNCHERS = ("local", "print", "tpu_pod", "slurm")
 TPU_POD_SCRIPT = "scripts/launch_tpu_pod.sh"
@@ -114,16 +114,6 @@ def plan(
   return runs
 
 
-def _overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
-  """(dotted key, value) of each `--config.a.b=v` in `args`; values are Python literals or strings."""
-  pairs = []
-  for a in args:
-    if a.startswith("--config."):
-      key, _, value = a[len("--config.") :].partition("=")
-      pairs += list(config_args.parse_arg(f"{key}={value}")[1].items())
-  return pairs
-
-
 def validate(runs: Sequence[SweepRun]) -> None:
   """Builds every run's config and model before anything is launched, so that a typo in a key or a
   value, or a model that cannot be built (a shape that does not divide), fails here rather than in a job.
@@ -137,13 +127,10 @@ def validate(runs: Sequence[SweepRun]) -> None:
   from perceiver_jax.training import build, optim, train
 
   for run in runs:
-    config = next(a for a in run.args if a.startswith("--config="))[len("--config=") :]
-    path, _, arg = config.partition(":")
-    module = config_args.config_module(path)
+    spec = next(a for a in run.args if a.startswith("--config="))[len("--config=") :]
     try:
-      built = module.get_config(arg)
-      for key, value in _overrides(run.args):
-        config_args.set_path(built, key, value)
+      # As experiments/train.py reads its flags: the file and its words, then the `--config.a.b=v` overrides.
+      built = cli.load_config(spec, cli.split_overrides(run.args)[1])
       train.validate_config(built)
       model = build.make_model(built)
       optimizer, _ = optim.make_optimizer(built, 1, 1)

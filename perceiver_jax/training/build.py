@@ -11,8 +11,8 @@ come from the spec (`input_spec`, `dummy_inputs`) and the tokens' from the front
 `forward(inputs [B, ...], *, is_training, input_mask=None, example_keys=None) -> logits [B, num_classes]`;
 with `return_attention=True` (Perceiver only) it returns (logits, per-cross-attend weights [B, h, N, M]).
 The model computes in `config.precision` (precision.py); parameters and logits are float32. It is traced
-with the kernels of `platform` (attention.kernels_for): the hand-written CPU ones on a CPU, the plain path
-on TPU and GPU; None: the default backend's.
+with the kernels of `platform` (attention_kernels.kernels_for): the hand-written CPU ones on a CPU, the plain
+path on TPU and GPU; None: the default backend's.
 The front end's constructor receives `config.input` (but `front_end`) as keyword arguments, the model's
 `config.model`; grid models (those with `takes_grid_shape = True`) also receive the front end's
 `grid_shape`. A model that cannot mask its tokens is refused a batch with an `input_mask`. A front end
@@ -31,7 +31,7 @@ import ml_collections
 
 from perceiver_jax.data import spec
 from perceiver_jax.front_ends import FRONT_ENDS
-from perceiver_jax.models import MODELS, attention, canonical_name, precision
+from perceiver_jax.models import MODELS, attention_kernels, canonical_name, precision
 
 
 def _model_class(config: ml_collections.ConfigDict) -> type[hk.Module]:
@@ -139,7 +139,7 @@ def takes_input_mask(cls: type[hk.Module]) -> bool:
 
 def make_model(config: ml_collections.ConfigDict, platform: str | None = None) -> hk.TransformedWithState:
   def forward(inputs, *, is_training: bool, input_mask=None, example_keys=None, return_attention=False):
-    with attention.kernels_for(platform or jax.default_backend()):
+    with attention_kernels.kernels_for(platform or jax.default_backend()):
       return _forward(
         inputs,
         is_training=is_training,
