@@ -56,7 +56,8 @@ def main(argv):
   # The overrides too: processes evaluating with different eval batch sizes would wait for each other.
   overrides = {f"--config.{k}": repr(v) for k, v in _OVERRIDES.items()}
   distributed.check_same_config(None, flags={"--workdir": _WORKDIR.value, **overrides})
-  results = train.evaluate_run(_WORKDIR.value, _OVERRIDES, save_predictions=_SAVE_PREDICTIONS.value)
+  with distributed.naming_lost_processes():
+    results = train.evaluate_run(_WORKDIR.value, _OVERRIDES, save_predictions=_SAVE_PREDICTIONS.value)
   print(json.dumps(results, indent=2, sort_keys=True))
 
 

@@ -52,13 +52,14 @@ def main(argv):
   distributed.check_same_config(
     config, flags={"--workdir": workdir, "--accept_config_change": _ACCEPT_CHANGE.value}
   )
-  results = train.train_and_evaluate(
-    config,
-    workdir,
-    tensorboard=_TENSORBOARD.value,
-    accept_config_change=_ACCEPT_CHANGE.value,
-    hold_sigterm=True,
-  )
+  with distributed.naming_lost_processes():  # A process gone mid-run: one line naming it, on the others.
+    results = train.train_and_evaluate(
+      config,
+      workdir,
+      tensorboard=_TENSORBOARD.value,
+      accept_config_change=_ACCEPT_CHANGE.value,
+      hold_sigterm=True,
+    )
   if results.get("preempted"):
     for s in (signal.SIGTERM, signal.SIGINT):  # Saved and stopped: later signals cannot end the exit early.
       signal.signal(s, signal.SIG_IGN)
