@@ -30,7 +30,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, Sharding
 
-from perceiver_jax.training import run_files
+from perceiver_jax.training import distributed, run_files
 
 CHECKPOINTS = "checkpoints"
 CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
@@ -270,6 +270,19 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
       source.rename(target)
       logging.warning("Moved the unreadable checkpoint of step %d to %s.", step, target)
   multihost_utils.sync_global_devices(f"perceiver_jax_move_aside_{step}")
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """`manager.close()`: waits for a save in flight, unless a process of the run is gone.
+
+  Called in a `finally`: when the exception in flight says another process is lost, the save cannot
+  complete (orbax's barrier needs every process) and waiting for it would hold this process until JAX's
+  coordination service aborts it; `distributed.naming_lost_processes` then names the lost process.
+  """
+  if distributed.lost_process_error(sys.exc_info()[1]):
+    logging.warning("Not waiting for the checkpoint being written: it needs every process, and one is gone.")
+    return
+  manager.close()
 
 
 class CheckpointMismatch(ValueError):

@@ -247,6 +247,14 @@ def check_same_config(config, timeout_s: int = 300, flags: dict | None = None) -
   )
 
 
+def lost_process_error(error: BaseException | None) -> bool:
+  """Whether `error`, in a multi-process run, may mean that another process is gone (see below)."""
+  if error is None or not _initialized or jax.process_count() < 2:
+    return False
+  text = str(error).lower()
+  return any(w in text for w in _LOST_PEER_SIGNS)
+
+
 def _lost_processes(wait_s: float) -> tuple[list[int], bool] | None:
   """([lost process ids], whether the coordinator is lost), or None when every process answers.
 
@@ -281,8 +289,7 @@ def naming_lost_processes(wait_s: float = LOST_PROCESS_WAIT_S):
   try:
     yield
   except Exception as e:
-    text = str(e).lower()
-    if not _initialized or jax.process_count() < 2 or not any(w in text for w in _LOST_PEER_SIGNS):
+    if not lost_process_error(e):
       raise
     me, count = jax.process_index(), jax.process_count()
     logging.warning("A call across processes failed (%s); asking which process is gone.", str(e)[:300])
