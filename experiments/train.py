@@ -17,7 +17,10 @@ from absl import flags, logging
 from etils import epath
 
 from perceiver_jax import cli
-from perceiver_jax.training import distributed, tasks, train
+
+cli.sigterm_in_one_line()  # Before JAX (and libtpu) load: a SIGTERM while importing ends in one line.
+
+from perceiver_jax.training import distributed, tasks, train  # noqa: E402
 
 _DEFAULT_CONFIG = os.fspath(pathlib.Path(__file__).parent / ".." / "configs" / "digits.py")
 _CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "Config file[:variants].")
@@ -47,6 +50,8 @@ def main(argv):
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
+  if distributed.single_process_backend():  # libtpu took SIGTERM over as it loaded: take it back.
+    cli.sigterm_in_one_line()
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.fspath(epath.Path("workdirs") / config.dataset.name)
   distributed.check_same_config(

@@ -144,6 +144,12 @@ def initialize(
   return True
 
 
+def single_process_backend() -> bool:
+  """Starts JAX's backend (loading libtpu where installed); whether this run has a single process."""
+  jax.devices()
+  return jax.process_count() == 1
+
+
 def _reachable(address: str) -> bool:
   host, _, port = address.rpartition(":")
   try:
