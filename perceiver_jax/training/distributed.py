@@ -298,7 +298,11 @@ def naming_lost_processes(wait_s: float = LOST_PROCESS_WAIT_S):
     if not lost_process_error(e):
       raise
     me, count = jax.process_index(), jax.process_count()
-    logging.warning("A call across processes failed (%s); asking which process is gone.", str(e)[:300])
+    logging.warning(
+      "A call across processes failed (%s); asking which process is gone.",
+      str(e)[:300],
+      exc_info="--verbose" in sys.argv,  # The traceback, where the entry point was asked for it.
+    )
     lost = _lost_processes(wait_s)
     if lost is None:
       raise
