@@ -389,6 +389,25 @@ def case_two_process_id_0(root, ref, results):
   return ok, f"second exit {second.returncode}: {seen}; first: exit {first.returncode}, {first_seen}"
 
 
+def case_sigterm_at_start_up(root, ref, results):
+  """SIGTERM as soon as experiments/train.py handles it (its first lines, before JAX is imported)."""
+  proc = subprocess.Popen(
+    command(root / "start_up", CONFIG), cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+  )
+  status = pathlib.Path(f"/proc/{proc.pid}/status")
+  deadline = time.time() + 60
+  while proc.poll() is None and time.time() < deadline:
+    caught = int(next(x for x in status.read_text().splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+    if caught >> (signal.SIGTERM - 1) & 1:
+      break
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGTERM)
+  stderr = proc.communicate(timeout=60)[1].decode()
+  lines = stderr.splitlines()
+  ok = proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("error: stopped by SIGTERM")
+  return ok, f"exit {proc.returncode}: {lines[:2]}"
+
+
 def case_damaged_step_metadata(root, ref, results):
   """Step 12's `_CHECKPOINT_METADATA` (which holds its checksum) torn in half; the run again."""
   workdir = fresh(root, ref, "metadata")
