@@ -21,6 +21,7 @@ gives up on the lost process's heartbeats.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import importlib.util
@@ -177,6 +178,8 @@ def _check_port_free(address: str) -> None:
     try:
       s.bind(("0.0.0.0", port))
     except OSError as e:
+      if e.errno != errno.EADDRINUSE:  # No IPv4 here, a port out of range...: jax.distributed decides.
+        return
       sys.exit(
         f"error: this process was given --process_id=0, but port {port} of --coordinator_address={address} "
         f"is already in use on this host ({e.strerror}): another process was most likely started with "
