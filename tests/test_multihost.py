@@ -327,3 +327,28 @@ def test_two_processes_given_process_id_0_stop_naming_the_flag():
 def _listening(port: int) -> bool:
   with socket.socket() as s:
     return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_save_in_flight_is_not_waited_for_once_a_process_is_lost(monkeypatch):
+  """Waiting for it (orbax's barrier needs every process) held the survivor until JAX aborted it."""
+  from perceiver_jax.training import checkpoint
+
+  closed = []
+
+  class Manager:
+    def close(self):
+      closed.append(True)
+
+  monkeypatch.setattr(distributed, "_initialized", True)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  lost = RuntimeError("UNKNOWN: Gloo all-reduce failed: Connection closed by peer [127.0.0.1]:4242")
+  for error, waits in ((lost, False), (ValueError("train.num_steps must be positive"), True)):
+    closed.clear()
+    with pytest.raises(type(error)):
+      try:
+        raise error
+      finally:
+        checkpoint.close(Manager())
+    assert closed == ([True] if waits else []), error
+  checkpoint.close(Manager())  # No exception in flight: waits.
+  assert closed == [True, True]
