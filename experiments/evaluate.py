@@ -13,7 +13,10 @@ import json
 from absl import flags
 
 from perceiver_jax import cli, config_args
-from perceiver_jax.training import distributed, train
+
+cli.sigterm_in_one_line()  # Before JAX (and libtpu) load: a SIGTERM while importing ends in one line.
+
+from perceiver_jax.training import distributed, train  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory, as given to experiments/train.py.", required=True
@@ -46,10 +49,13 @@ def main(argv):
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
+  if distributed.single_process_backend():  # libtpu took SIGTERM over as it loaded: take it back.
+    cli.sigterm_in_one_line()
   # The overrides too: processes evaluating with different eval batch sizes would wait for each other.
   overrides = {f"--config.{k}": repr(v) for k, v in _OVERRIDES.items()}
   distributed.check_same_config(None, flags={"--workdir": _WORKDIR.value, **overrides})
-  results = train.evaluate_run(_WORKDIR.value, _OVERRIDES, save_predictions=_SAVE_PREDICTIONS.value)
+  with distributed.naming_lost_processes():
+    results = train.evaluate_run(_WORKDIR.value, _OVERRIDES, save_predictions=_SAVE_PREDICTIONS.value)
   print(json.dumps(results, indent=2, sort_keys=True))
 
 

@@ -17,7 +17,10 @@ from absl import flags, logging
 from etils import epath
 
 from perceiver_jax import cli
-from perceiver_jax.training import distributed, tasks, train
+
+cli.sigterm_in_one_line()  # Before JAX (and libtpu) load: a SIGTERM while importing ends in one line.
+
+from perceiver_jax.training import distributed, tasks, train  # noqa: E402
 
 _DEFAULT_CONFIG = os.fspath(pathlib.Path(__file__).parent / ".." / "configs" / "digits.py")
 _CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "Config file[:variants].")
@@ -47,18 +50,21 @@ def main(argv):
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _LOCAL_DEVICES.value, _INIT_TIMEOUT.value
   )
+  if distributed.single_process_backend():  # libtpu took SIGTERM over as it loaded: take it back.
+    cli.sigterm_in_one_line()
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.fspath(epath.Path("workdirs") / config.dataset.name)
   distributed.check_same_config(
     config, flags={"--workdir": workdir, "--accept_config_change": _ACCEPT_CHANGE.value}
   )
-  results = train.train_and_evaluate(
-    config,
-    workdir,
-    tensorboard=_TENSORBOARD.value,
-    accept_config_change=_ACCEPT_CHANGE.value,
-    hold_sigterm=True,
-  )
+  with distributed.naming_lost_processes():  # A process gone mid-run: one line naming it, on the others.
+    results = train.train_and_evaluate(
+      config,
+      workdir,
+      tensorboard=_TENSORBOARD.value,
+      accept_config_change=_ACCEPT_CHANGE.value,
+      hold_sigterm=True,
+    )
   if results.get("preempted"):
     for s in (signal.SIGTERM, signal.SIGINT):  # Saved and stopped: later signals cannot end the exit early.
       signal.signal(s, signal.SIG_IGN)

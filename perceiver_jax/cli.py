@@ -7,6 +7,8 @@ what to fix, and the process exits with status 1 (2 for flags). `--verbose` show
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -131,6 +133,27 @@ def _fail(error: BaseException, status: int, argv: Sequence[str], message: str |
   where = _config_frame(error, argv)
   print(f"error: {message or _message(error)}{where} (--verbose shows the traceback)", file=sys.stderr)
   sys.exit(status)
+
+
+def _stopped_outside_the_loop(signum, frame) -> None:
+  del frame
+  os.write(
+    2,
+    b"error: stopped by SIGTERM outside the train loop (starting up or ending); the checkpoints saved so far "
+    b"are whole: run the same command again to go on.\n",
+  )
+  os._exit(128 + signum)
+
+
+def sigterm_in_one_line() -> None:
+  """Until the train loop takes SIGTERM over (it saves and stops), a SIGTERM ends the process in one line.
+
+  An entry point calls this before it imports JAX (a SIGTERM there used to end it silently), and again
+  once the backend is up: libtpu, when installed, replaces the handler with its own as it loads, which
+  answers SIGTERM with a stack trace. Not for multi-process runs once `jax.distributed` has started: its
+  preemption notifier owns SIGTERM then.
+  """
+  signal.signal(signal.SIGTERM, _stopped_outside_the_loop)
 
 
 def parse_flags(argv: list[str], parse: Callable[[list[str]], list[str]] | None = None) -> list[str]:

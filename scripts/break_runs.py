@@ -163,7 +163,8 @@ def case_sigterm_twice(root, ref, results):
     proc.proc.send_signal(signal.SIGTERM)
     time.sleep(0.02)
   rc, stdout, stderr = proc.finish()
-  leftovers = [p.name for p in (workdir / "checkpoints").iterdir() if not p.name.isdigit()]
+  names = [p.name for p in (workdir / "checkpoints").iterdir()]
+  leftovers = [n for n in names if not n.isdigit() and n != "checksums_since.json"]  # Not the marker.
   ok = rc == 0 and "Preempted" in stdout and not leftovers and not (workdir / "lock").exists()
   return ok, f"exit {rc}; unfinished checkpoints {leftovers}; lock left: {(workdir / 'lock').exists()}"
 
@@ -312,6 +313,112 @@ def case_unknown_dataset(root, ref, results):
   lines = error_lines(done.stderr)
   ok = done.returncode == 1 and len(lines) == 1 and "dataset.name='cifar10'" in lines[0]
   return ok and not workdir.exists(), f"exit {done.returncode}; workdir made: {workdir.exists()}"
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _pair(root: pathlib.Path, workdir, name: str = "pair", **extra) -> list[subprocess.Popen]:
+  """The two processes of one run on 127.0.0.1 (gloo, 1 CPU device each), their stderr in root/<name><i>."""
+  port, procs = _free_port(), []
+  for i in range(2):
+    flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
+    with (root / f"{name}{i}").open("w") as err:
+      procs.append(
+        subprocess.Popen(
+          command(workdir, CONFIG, *flags, "--local_device_count=1"),
+          cwd=ROOT,
+          env=env(**extra),
+          stdout=subprocess.PIPE,
+          stderr=err,
+          text=True,
+        )
+      )
+  return procs
+
+
+def case_kill_one_of_two(root, ref, results):
+  """Two processes of one run; process 1 SIGKILLed once step 4 is saved; then both started again."""
+  workdir, log = root / "kill_one", root / "pair0"
+  shutil.rmtree(workdir, ignore_errors=True)  # A workdir kept (--keep) from an earlier try.
+  procs = _pair(root, workdir, TEST_SLOW_FROM=3)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "4").exists():
+    if procs[0].poll() is not None or time.time() > deadline:
+      return False, f"step 4 never saved: {log.read_text()[-300:]}"
+    time.sleep(0.02)
+  start = time.time()
+  procs[1].kill()
+  try:
+    procs[0].communicate(timeout=200)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    return False, "the survivor still runs 200 s after the kill"
+  took, text = time.time() - start, log.read_text()
+  lines = error_lines(text)
+  named = len(lines) == 1 and lines[0].startswith("error: process 1 of 2 is gone")
+  clean = "Traceback" not in text and "Check failure" not in text
+  rcs = [p.wait(timeout=600) for p in _pair(root, workdir, "again")]
+  resumed = rcs == [0, 0] and "Resuming from the checkpoint of step" in (root / "again0").read_text()
+  ok = procs[0].returncode == 1 and named and clean and resumed
+  seen = lines[0][:90] if lines else "no error line"
+  return ok, f"survivor exit {procs[0].returncode} {took:.0f} s after the kill: {seen}; again: exits {rcs}"
+
+
+def case_two_process_id_0(root, ref, results):
+  """Two processes of one run both given --process_id=0, the second 5 s after the first."""
+  flags = [
+    f"--coordinator_address=127.0.0.1:{_free_port()}",
+    "--num_processes=2",
+    "--process_id=0",
+    "--local_device_count=1",
+    "--initialization_timeout=20",
+  ]
+  first = subprocess.Popen(
+    command(root / "id0", CONFIG, *flags), cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+  )
+  time.sleep(5)  # The first serves the coordination service by then.
+  second = run(command(root / "id0", CONFIG, *flags))
+  first_err = first.communicate(timeout=120)[1].decode()
+  lines, first_lines = error_lines(second.stderr), error_lines(first_err)
+  ok = second.returncode == 1 and len(lines) == 1 and "--process_id=0" in lines[0]
+  ok = ok and first.returncode == 1 and len(first_lines) == 1 and "Check failure" not in first_err
+  seen, first_seen = lines[0][:100] if lines else "no error line", (first_lines or [""])[0][:60]
+  return ok, f"second exit {second.returncode}: {seen}; first: exit {first.returncode}, {first_seen}"
+
+
+def case_sigterm_at_start_up(root, ref, results):
+  """SIGTERM as soon as experiments/train.py handles it (its first lines, before JAX is imported)."""
+  proc = subprocess.Popen(
+    command(root / "start_up", CONFIG), cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+  )
+  status = pathlib.Path(f"/proc/{proc.pid}/status")
+  deadline = time.time() + 60
+  while proc.poll() is None and time.time() < deadline:
+    caught = int(next(x for x in status.read_text().splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+    if caught >> (signal.SIGTERM - 1) & 1:
+      break
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGTERM)
+  stderr = proc.communicate(timeout=60)[1].decode()
+  lines = stderr.splitlines()
+  ok = proc.returncode == 143 and len(lines) == 1 and lines[0].startswith("error: stopped by SIGTERM")
+  return ok, f"exit {proc.returncode}: {lines[:2]}"
+
+
+def case_damaged_step_metadata(root, ref, results):
+  """Step 12's `_CHECKPOINT_METADATA` (which holds its checksum) torn in half; the run again."""
+  workdir = fresh(root, ref, "metadata")
+  metadata = workdir / "checkpoints" / "12" / "_CHECKPOINT_METADATA"
+  text = metadata.read_text()
+  metadata.write_text(text[: len(text) // 2])
+  done, again = run_again(workdir)
+  damaged = "Checkpoint of step 12" in done.stderr and "is damaged" in done.stderr
+  ok = damaged and again.get("params_checksum") == results["params_checksum"]
+  return ok, f"exit {done.returncode}; damaged noticed: {damaged}; same parameters: {ok}"
 
 
 CASES = {name[len("case_") :]: value for name, value in dict(globals()).items() if name.startswith("case_")}

@@ -105,6 +105,34 @@ def test_reading_checkpoints_joins_no_barrier_of_the_other_processes(tmp_path, m
   assert barriers == []
 
 
+def test_damaged_step_metadata_is_told_from_a_checkpoint_saved_before_checksums(tmp_path, caplog):
+  """A damaged `_CHECKPOINT_METADATA` used to hide the checksum: the arrays were restored unchecked."""
+  import orbax.checkpoint as ocp
+
+  target = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+  old, new = tmp_path / "old", tmp_path / "new"
+  with checkpoint.make_manager(str(old), keep=3) as manager:  # Saved as before checksums were recorded.
+    manager.save(1, args=ocp.args.StandardSave({"w": jnp.arange(3.0)}))
+  with checkpoint.make_manager(str(new), keep=3) as manager:
+    for step in (1, 2):
+      checkpoint.save(manager, step, {"w": jnp.arange(3.0) + step})
+  assert json.loads((new / "checkpoints" / checkpoint.CHECKSUMS_SINCE).read_text()) == {"since_step": 1}
+  metadata = new / "checkpoints" / "2" / "_CHECKPOINT_METADATA"
+  text = metadata.read_text()
+  for damaged in (text[: len(text) // 2], text.replace(checkpoint.CHECKSUM, "state_sha2xx")):
+    metadata.write_text(damaged)  # Torn, or readable without the checksum: damaged either way.
+    caplog.clear()
+    with checkpoint.make_manager(str(new), read_only=True) as manager:
+      state, step = checkpoint.restore_latest(manager, target)
+    assert step == 1 and float(state["w"][0]) == 1.0
+    warned = [r.getMessage() for r in caplog.records if "Checkpoint of step 2" in r.getMessage()]
+    assert warned and "is damaged" in warned[0] and "_CHECKPOINT_METADATA" in warned[0], warned
+  with checkpoint.make_manager(str(old), read_only=True) as manager:
+    state, step = checkpoint.restore_latest(manager, target)
+  assert step == 1 and float(state["w"][2]) == 2.0
+  assert any("saved before checksums were recorded" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.slow
 def test_sigterm_mid_run_then_restart_equals_uninterrupted_run(reference, tmp_path, cache_dir):
   ref_dir, ref = reference
@@ -237,6 +265,7 @@ def test_ctrl_c_saves_and_later_signals_cannot_kill_the_save(tmp_path, cache_dir
   stopped = int(re.search(r"Preempted: checkpoint of step (\d+) saved", stdout).group(1))
   assert "Received SIGINT: saving a checkpoint" in stderr and "Received SIGTERM again: still saving" in stderr
   assert stderr.index("Received SIGTERM again") < stderr.index(f"saved the checkpoint of step {stopped}")
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", str(stopped)]
+  names = sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name != checkpoint.CHECKSUMS_SINCE)
+  assert names == ["4", str(stopped)]  # No unfinished checkpoint left.
   assert not (workdir / "lock").exists()
   assert train.load_run(str(workdir)).step == stopped

@@ -252,3 +252,103 @@ def test_processes_given_different_workdirs_stop_at_once_naming_the_flag(tmp_pat
   message = f"process 1 differs from process 0 in --workdir ('{tmp_path / 'w0'}' vs '{tmp_path / 'w1'}')"
   assert [p.returncode for p in procs] == [1, 1] and all(message in out for out in outs), outs[0][-2000:]
   assert not (tmp_path / "w0").exists() and not (tmp_path / "w1").exists()
+
+
+# Two processes meet, agree once over gloo; then process 1 is SIGKILLed and process 0 agrees again.
+LOSE_ONE = """
+import os, signal, sys
+from jax.experimental import multihost_utils
+from perceiver_jax.training import distributed
+port, index = sys.argv[1:]
+distributed.initialize(f"127.0.0.1:{port}", 2, int(index), initialization_timeout=20)
+multihost_utils.sync_global_devices("start")
+if index == "1":
+  os.kill(os.getpid(), signal.SIGKILL)
+with distributed.naming_lost_processes(wait_s=2):
+  multihost_utils.sync_global_devices("after")
+print("no process was lost")
+"""
+
+
+@pytest.mark.slow
+def test_a_lost_process_is_named_in_one_line_by_the_survivor():
+  """The survivor used to print a gloo error, wait ~80 s at shutdown, then abort with a C++ trace."""
+  port = free_port()
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", LOSE_ONE, str(port), str(i)],
+      cwd=ROOT,
+      env=child_env(devices=None),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  try:
+    out = procs[0].communicate(timeout=60)[0]
+  finally:
+    for p in procs:
+      p.kill()
+  lines = [line for line in out.splitlines() if line.startswith("error: ")]
+  assert procs[0].returncode == 1 and len(lines) == 1, out[-3000:]
+  assert lines[0].startswith("error: process 1 of 2 is gone: it did not answer within 2 s"), lines[0]
+  assert "Start all 2 processes again with the same command" in lines[0]
+  assert "Traceback" not in out and "Check failure stack trace" not in out
+
+
+@pytest.mark.slow
+def test_two_processes_given_process_id_0_stop_naming_the_flag():
+  """The second used to take over the coordinator's port: JAX aborted the first in C++."""
+  port = free_port()
+  first = subprocess.Popen(
+    [sys.executable, "-c", LOSE_ONE, str(port), "0"],  # Waits up to 20 s for its process 1.
+    cwd=ROOT,
+    env=child_env(devices=None),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  try:
+    deadline = time.time() + 60
+    while not _listening(port):  # The first process 0 serves the coordination service.
+      assert first.poll() is None and time.time() < deadline, first.stdout.read()[-2000:]
+      time.sleep(0.05)
+    ((rc, out),) = _startup((port, 2, 0, 5))
+  finally:
+    first.kill()
+  lines = [line for line in out.splitlines() if line.startswith("error: ")]
+  assert rc == 1 and len(lines) == 1, out[-2000:]
+  assert "was given --process_id=0, but port" in lines[0]
+  assert "Give every process its own --process_id" in lines[0]
+  assert "Traceback" not in out
+
+
+def _listening(port: int) -> bool:
+  with socket.socket() as s:
+    return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_save_in_flight_is_not_waited_for_once_a_process_is_lost(monkeypatch):
+  """Waiting for it (orbax's barrier needs every process) held the survivor until JAX aborted it."""
+  from perceiver_jax.training import checkpoint
+
+  closed = []
+
+  class Manager:
+    def close(self):
+      closed.append(True)
+
+  monkeypatch.setattr(distributed, "_initialized", True)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  lost = RuntimeError("UNKNOWN: Gloo all-reduce failed: Connection closed by peer [127.0.0.1]:4242")
+  for error, waits in ((lost, False), (ValueError("train.num_steps must be positive"), True)):
+    closed.clear()
+    with pytest.raises(type(error)):
+      try:
+        raise error
+      finally:
+        checkpoint.close(Manager())
+    assert closed == ([True] if waits else []), error
+  checkpoint.close(Manager())  # No exception in flight: waits.
+  assert closed == [True, True]

@@ -12,9 +12,11 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -494,3 +496,36 @@ def test_a_full_disk_under_orbax_is_told_apart_and_its_tracebacks_kept_off_the_l
       "absl", logging.ERROR, path, 1, "failed", None, (ValueError, ValueError(), None)
     )
     assert quiet[0].filter(record) and (record.exc_info is not None) == kept
+
+
+def _catches_sigterm(pid: int) -> bool:
+  """Whether process `pid` has a handler of its own for SIGTERM (its SigCgt mask in /proc)."""
+  status = pathlib.Path(f"/proc/{pid}/status").read_text()
+  caught = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+  return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def test_sigterm_while_the_entry_point_imports_ends_in_one_line(tmp_path):
+  """It used to end the process silently (status -15), or, once libtpu had loaded, with its stack trace."""
+  proc = subprocess.Popen(
+    [sys.executable, "experiments/train.py", f"--workdir={tmp_path / 'w'}"],
+    cwd=ROOT,
+    env=child_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    deadline = time.time() + 60
+    while not _catches_sigterm(proc.pid):  # The entry point's first lines, before JAX is imported.
+      assert proc.poll() is None and time.time() < deadline
+      time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 143, err[-2000:]
+  assert err.splitlines() == [
+    "error: stopped by SIGTERM outside the train loop (starting up or ending); the checkpoints saved so far "
+    "are whole: run the same command again to go on."
+  ]

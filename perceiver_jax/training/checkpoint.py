@@ -30,7 +30,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, Sharding
 
-from perceiver_jax.training import run_files
+from perceiver_jax.training import distributed, run_files
 
 CHECKPOINTS = "checkpoints"
 CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
@@ -160,6 +160,41 @@ def make_manager(workdir: str, keep: int = 1, read_only: bool = False) -> ocp.Ch
 
 # Keys of a checkpoint's step metadata (orbax's `custom_metadata`).
 CHECKSUM, CONFIG, UNLOGGED = "state_sha256", "config", "unlogged_metrics"
+# The marker of a checkpoints directory whose checkpoints record their checksum: {"since_step": s}, written
+# by process 0 before the first save that records one. A checkpoint of step >= s whose step metadata
+# (orbax's `<step>/_CHECKPOINT_METADATA`) is unreadable or holds no checksum is damaged; one of an earlier
+# step, or of a directory without the marker, was saved before checksums were recorded (restored unchecked).
+CHECKSUMS_SINCE = "checksums_since.json"
+_STEP_METADATA = "_CHECKPOINT_METADATA"
+_marked: set[str] = set()  # Checkpoints directories this process knows to hold the marker.
+
+
+def _mark_checksums(manager: ocp.CheckpointManager, step: int) -> None:
+  """Writes the `CHECKSUMS_SINCE` marker (process 0) before the first checksummed save of a directory."""
+  key = os.fspath(manager.directory)
+  if jax.process_index() != 0 or key in _marked:
+    return
+  path = manager.directory / CHECKSUMS_SINCE
+  if not path.exists():
+    manager.directory.mkdir(parents=True, exist_ok=True)
+    run_files.write_json(path, {"since_step": int(step)})
+  _marked.add(key)
+
+
+def checksums_since(directory: epath.PathLike) -> int | None:
+  """The first step whose checkpoint in `directory` records its checksum, or None (the marker is absent).
+
+  A marker that cannot be read counts as step 0: every checkpoint must then show its checksum (a damaged
+  marker must not make damaged checkpoints pass as old ones).
+  """
+  path = epath.Path(directory) / CHECKSUMS_SINCE
+  if not path.exists():
+    return None
+  try:
+    return int(json.loads(path.read_text())["since_step"])
+  except Exception:  # noqa: BLE001  Unreadable: the strictest reading.
+    logging.warning("The marker %s cannot be read: every checkpoint there must show its checksum.", path)
+    return 0
 
 
 def save(
@@ -171,16 +206,26 @@ def save(
   """
   check_finite(train_state, step)
   custom = {**(metadata or {}), CHECKSUM: state_checksum(train_state)}
+  _mark_checksums(manager, step)
   manager.save(step, args=ocp.args.StandardSave(train_state), force=True, custom_metadata=custom)
 
 
 def step_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """What `save` recorded with checkpoint `step` ({} for a checkpoint saved without it, or unreadable)."""
+  return _read_step_metadata(manager, step)[0]
+
+
+def _read_step_metadata(manager: ocp.CheckpointManager, step: int) -> tuple[dict[str, Any], str | None]:
+  """(what `save` recorded with checkpoint `step`, why its step metadata cannot be read or None)."""
+  path = manager.directory / str(step) / _STEP_METADATA
   try:
+    if not path.exists():
+      return {}, f"{path} is missing"
+    json.loads(path.read_text())  # orbax reads a damaged file as empty metadata, without an error.
     custom = manager.metadata(step).custom_metadata
-  except Exception:  # noqa: BLE001  An unreadable metadata file: nothing recorded that can be used.
-    return {}
-  return dict(custom) if isinstance(custom, dict) else {}
+  except Exception as e:  # noqa: BLE001  An unreadable metadata file: nothing recorded that can be used.
+    return {}, f"{path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+  return (dict(custom), None) if isinstance(custom, dict) else ({}, f"{path} holds no metadata")
 
 
 def saved_config(workdir: str) -> dict[str, Any] | None:
@@ -225,6 +270,19 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
       source.rename(target)
       logging.warning("Moved the unreadable checkpoint of step %d to %s.", step, target)
   multihost_utils.sync_global_devices(f"perceiver_jax_move_aside_{step}")
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """`manager.close()`: waits for a save in flight, unless a process of the run is gone.
+
+  Called in a `finally`: when the exception in flight says another process is lost, the save cannot
+  complete (orbax's barrier needs every process) and waiting for it would hold this process until JAX's
+  coordination service aborts it; `distributed.naming_lost_processes` then names the lost process.
+  """
+  if distributed.lost_process_error(sys.exc_info()[1]):
+    logging.warning("Not waiting for the checkpoint being written: it needs every process, and one is gone.")
+    return
+  manager.close()
 
 
 class CheckpointMismatch(ValueError):
@@ -381,11 +439,23 @@ def restore_latest(
             f"config builds ({mismatch}); train this config into a new workdir."
           ) from e
     if error is None:
-      recorded = step_metadata(manager, step).get(CHECKSUM)
+      custom, unreadable = _read_step_metadata(manager, step)
+      recorded = custom.get(CHECKSUM)
+      since = checksums_since(manager.directory) if not recorded else None
       read = state_checksum(state) if recorded else None
       if recorded and read != recorded:
         state, what = None, "damaged"
         error = f"its arrays read back with sha256 {read[:12]}..., saved with {str(recorded)[:12]}..."
+      elif not recorded and since is not None and step >= since:
+        state, what = None, "damaged"
+        error = unreadable or f"{manager.directory / str(step) / _STEP_METADATA} holds no checksum"
+        error += f", though every checkpoint here since step {since} records one ({CHECKSUMS_SINCE})"
+      elif not recorded:
+        logging.warning(
+          "Checkpoint of step %d in %s was saved before checksums were recorded: restored unchecked.",
+          step,
+          manager.directory,
+        )
     if all_processes(error is None):
       if moved:
         manager.reload()

@@ -10,16 +10,24 @@ A plain single-process run (no flags, no cluster) does not initialize anything.
 
 Start-up fails fast: a process whose peers do not all join within `initialization_timeout` seconds exits
 with one line saying which processes it is missing and what to check, and `check_same_config` stops every
-process at once when their configs differ, naming the differing fields.
+process at once when their configs differ, naming the differing fields. Two processes given one
+`--process_id=0` are told apart before JAX's coordination service aborts on them (`_check_port_free`).
+
+A run that loses a process mid-way (killed, crashed, its host gone) ends on every survivor in one line
+naming the lost process (`naming_lost_processes`), not in JAX's C++ abort when the coordination service
+gives up on the lost process's heartbeats.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -33,6 +41,12 @@ DEFAULT_INITIALIZATION_TIMEOUT = 300
 # jax.distributed gets this much longer, so that the one-line error below comes before its abort.
 _JAX_GRACE_S = 30
 _CONFIG_KEY = "perceiver_jax/config"
+# Seconds the survivors of a lost process wait for each other before naming the absent ones: well under
+# the coordination service's heartbeat timeout (jax.distributed's 100 s), after which it aborts them all.
+LOST_PROCESS_WAIT_S = 15
+_LOST_KEY = "perceiver_jax/lost"
+# Words of the errors a collective or a coordination-service call raises when another process is gone.
+_LOST_PEER_SIGNS = ("gloo", "closed by peer", "reset by peer", "heartbeat", "coordination service", "barrier")
 
 
 def _env_int(name: str) -> int:
@@ -102,6 +116,8 @@ def initialize(
   timeout = DEFAULT_INITIALIZATION_TIMEOUT if initialization_timeout is None else int(initialization_timeout)
   if timeout <= 0:
     sys.exit(f"error: --initialization_timeout={timeout} must be a positive number of seconds.")
+  if explicit and process_id == 0 and coordinator_address:
+    _check_port_free(coordinator_address)
   watchdog = threading.Timer(
     timeout, _give_up, (coordinator_address, num_processes, process_id, timeout, cluster or "explicit")
   )
@@ -129,6 +145,12 @@ def initialize(
   return True
 
 
+def single_process_backend() -> bool:
+  """Starts JAX's backend (loading libtpu where installed); whether this run has a single process."""
+  jax.devices()
+  return jax.process_count() == 1
+
+
 def _reachable(address: str) -> bool:
   host, _, port = address.rpartition(":")
   try:
@@ -136,6 +158,35 @@ def _reachable(address: str) -> bool:
       return True
   except (OSError, ValueError):
     return False
+
+
+def _check_port_free(address: str) -> None:
+  """Exits in one line when `address`'s port is taken here: two processes given `--process_id=0`.
+
+  Process 0 serves the coordination service on every address of its host at that port. gRPC binds it
+  with SO_REUSEPORT, so a second process 0 on the host binds it too, registers as task 0, and JAX aborts
+  the first one in C++ ("a request from a newer incarnation"); the second then waits for process 1 in vain.
+  A plain bind (SO_REUSEADDR, which a socket left in TIME_WAIT allows) fails when anything listens there.
+  """
+  _, _, port = address.rpartition(":")
+  try:
+    port = int(port)
+  except ValueError:
+    return  # jax.distributed says what is wrong with the address.
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      s.bind(("0.0.0.0", port))
+    except OSError as e:
+      if e.errno != errno.EADDRINUSE:  # No IPv4 here, a port out of range...: jax.distributed decides.
+        return
+      sys.exit(
+        f"error: this process was given --process_id=0, but port {port} of --coordinator_address={address} "
+        f"is already in use on this host ({e.strerror}): another process was most likely started with "
+        "--process_id=0 too. Give every process its own --process_id (0 on the coordinator's host, then 1 "
+        "... --num_processes - 1), or, if another program holds the port, a free port in "
+        "--coordinator_address on every process."
+      )
 
 
 def _give_up(address, num_processes, process_id, timeout, how) -> None:
@@ -203,3 +254,76 @@ def check_same_config(config, timeout_s: int = 300, flags: dict | None = None) -
     f"{f' (and {len(differing) - 1} more)' if len(differing) > 1 else ''} differs from process 0 in "
     f"{shown}{', ...' if len(fields) > 8 else ''}. Start every process with the same flags."
   )
+
+
+def lost_process_error(error: BaseException | None) -> bool:
+  """Whether `error`, in a multi-process run, may mean that another process is gone (see below)."""
+  if error is None or not _initialized or jax.process_count() < 2:
+    return False
+  text = str(error).lower()
+  return any(w in text for w in _LOST_PEER_SIGNS)
+
+
+def _lost_processes(wait_s: float) -> tuple[list[int], bool] | None:
+  """([lost process ids], whether the coordinator is lost), or None when every process answers.
+
+  Every survivor of a lost process meets the others at one barrier of the coordination service; the
+  service names the processes that did not come within `wait_s` ("Some timed out task names").
+  A coordinator that is gone fails the barrier at once: its service held it.
+  """
+  client = jax._src.distributed.global_state.client  # noqa: SLF001  The coordination service's client.
+  try:
+    client.wait_at_barrier(_LOST_KEY, int(wait_s * 1000))
+  except Exception as e:  # noqa: BLE001  The barrier's failure is the answer.
+    text = str(e)
+    if "UNAVAILABLE" in text or "Failed to send RPC" in text:
+      return [0], True
+    named = re.search(r"timed out task names:\s*((?:\d+\s*)+)", text)
+    return (sorted(int(i) for i in named.group(1).split()) if named else []), False
+  return None
+
+
+@contextlib.contextmanager
+def naming_lost_processes(wait_s: float = LOST_PROCESS_WAIT_S):
+  """Ends this process in one line naming the lost process(es) when the body fails because one is gone.
+
+  When a process of a multi-process run dies (SIGKILL, out of memory, a host down), the others fail in
+  their next collective (gloo: "Connection closed by peer") or coordination-service call. Left alone they
+  would then wait at jax.distributed's shutdown until the service misses the lost process's heartbeats
+  (100 s) and abort in C++ with a stack trace, never saying which process is gone. Here the survivors
+  meet at a barrier of the service instead (at most `wait_s` seconds), which names the absent ones; each
+  survivor prints one line and exits with status 1 at once (skipping the shutdown barrier that would
+  abort). An error that is not a lost process, or one that every process reaches, goes on as it was.
+  """
+  try:
+    yield
+  except Exception as e:
+    if not lost_process_error(e):
+      raise
+    me, count = jax.process_index(), jax.process_count()
+    logging.warning(
+      "A call across processes failed (%s); asking which process is gone.",
+      str(e)[:300],
+      exc_info="--verbose" in sys.argv,  # The traceback, where the entry point was asked for it.
+    )
+    lost = _lost_processes(wait_s)
+    if lost is None:
+      raise
+    ids, coordinator = lost
+    state = jax._src.distributed.global_state  # noqa: SLF001
+    if coordinator:
+      who = f"process 0 (the coordinator at {state.coordinator_address}) is gone: it no longer answers"
+    elif ids:
+      names = ", ".join(map(str, ids))
+      who = f"process{'es' if len(ids) > 1 else ''} {names} of {count} {'are' if len(ids) > 1 else 'is'} gone"
+      who += f": {'they' if len(ids) > 1 else 'it'} did not answer within {wait_s:g} s"
+    else:
+      who = f"a process of {count} is gone: not all answered within {wait_s:g} s"
+    first = " ".join(str(e).split())[:120]
+    sys.stderr.write(
+      f"error: {who} (killed, crashed, out of memory, or its host went down; its own log or the launcher "
+      f"says why), seen by process {me} as: {first}. This process stops too. Start all {count} processes "
+      "again with the same command: the run resumes from its newest checkpoint.\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)

@@ -141,7 +141,7 @@ def train_and_evaluate(
         try:
           return _train(trainer, workdir, writer, manager, watcher, config_json, target)
         finally:
-          manager.close()  # Waits for a save in flight: the newest checkpoint is complete when this returns.
+          checkpoint.close(manager)  # Waits for a save in flight: the newest checkpoint is then complete.
           writer.close()
       except Exception as e:
         if not checkpoint.disk_full(e):
