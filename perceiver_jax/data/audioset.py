@@ -125,13 +125,13 @@ Clips = dict[str, list[tuple[float | None, str]]]  # YTID -> [(start in the file
 def find_files(manual_dir: epath.Path) -> tuple[dict[str, epath.Path], Clips]:
   """({csv name: path}, {YTID: [(start in the name or None, path)]}) of everything under `manual_dir`."""
   csvs, clips = {}, {}
-  for root, dirs, files in os.walk(manual_dir):
+  for root, dirs, files in manual_dir.walk():  # As os.walk (top down), through epath.
     dirs.sort()
     for name in sorted(files):
-      path = os.path.join(root, name)
-      stem, ext = os.path.splitext(name)
+      file = root / name
+      stem, ext, path = file.stem, file.suffix, str(file)
       if ext.lower() == ".csv":
-        csvs.setdefault(name, epath.Path(path))
+        csvs.setdefault(name, file)
       if name.startswith(".") or ext.lower() in _NOT_AUDIO or len(stem) < _YTID:
         continue
       rest = _START.match(stem[_YTID:]) if stem[_YTID:] else None
