@@ -68,6 +68,7 @@ def _audio_video(c: ml_collections.ConfigDict) -> None:
       sample_rate=SAMPLE_RATE,
       min_fraction=0.5,
       av_presence=0.6,  # How often each stream of a seen-and-heard event shows it.
+      blank_streams=(),  # Streams zeroed in eval batches (evaluate.py may set it: ('video',)).
       num_classes=10,
       num_train_examples=8192,
       num_eval_examples=512,

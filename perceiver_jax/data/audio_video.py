@@ -16,6 +16,8 @@ So some labels are only in the sound, some only in the picture, and some in eith
 streams can tag all ten, and one that has learnt to lean on the video misses the shared classes when the
 video does not show them (what the paper's video dropout is for). Frames are dark noise (0.1 std) with the
 objects in random bright colours; audio is background noise (0.05 std) plus the events.
+`dataset.blank_streams` (eval only; evaluate.py may change it): streams zeroed in every eval batch, masks
+unchanged, e.g. ('video',) to score a model on the sound alone.
 Example i of a split is a pure function of (config.seed, split, i), as data/sounds.py: the batch of step s
 does not depend on the process count, and a resumed run sees the data an uninterrupted one would.
 """
@@ -177,7 +179,12 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Ite
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict]:
+  blank = tuple(config.dataset.blank_streams or ())
+  if set(blank) - {"audio", "video"}:
+    raise ValueError(f"dataset.blank_streams={blank} may name 'audio' and 'video' only.")
   for index, mask in shares.eval_positions(num_examples(config, "eval"), config.train.eval_batch_size):
     batch = _batch(config, "eval", index)
+    for name in blank:
+      batch["inputs"][name] = np.zeros_like(batch["inputs"][name])
     batch["eval_mask"] = mask
     yield batch
