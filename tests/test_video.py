@@ -13,6 +13,7 @@ from perceiver_jax.data import audio_video, spec
 from perceiver_jax.front_ends import video
 from perceiver_jax.models import position_encoding as pe
 from perceiver_jax.models.perceiver import Perceiver
+from perceiver_jax.tools import visualize_video
 from perceiver_jax.training import build, train
 
 
@@ -176,15 +177,37 @@ def test_audio_video_batches_follow_the_spec_and_masks(fused):
 def test_audio_video_runlocal_trains_resumes_and_evaluates(config_loader, tmp_path, monkeypatch):
   config = config_loader("sounds", "audio_video,runlocal")
   config.model.update(num_latents=8, latent_channels=16, num_cross_attends=1, num_latent_transformers=1)
-  config.train.update(num_steps=8, eval_every=8, log_every=4, eval_batch_size=16)
-  config.checkpoint.every = 4
-  config.dataset.num_eval_examples = 20
+  config.model.update(num_self_attends_per_block=1, num_self_heads=2)
+  config.train.update(global_batch_size=8, num_steps=4, eval_every=4, log_every=2, eval_batch_size=8)
+  config.checkpoint.every = 2
+  config.dataset.num_eval_examples = 10
   workdir = tmp_path / "run"
   whole = train.train_and_evaluate(config, str(workdir), tensorboard=False)
-  assert whole["eval"]["count"] == 20 and len(whole["eval"]["per_class_ap"]) == 10
-  shutil.rmtree(workdir / "checkpoints" / "8")
+  assert whole["eval"]["count"] == 10 and len(whole["eval"]["per_class_ap"]) == 10
+  shutil.rmtree(workdir / "checkpoints" / "4")
   monkeypatch.setattr(train.Trainer, "init", lambda self: pytest.fail("started afresh, not resumed"))
   resumed = train.train_and_evaluate(config, str(workdir), tensorboard=False)
   assert resumed["params_checksum"] == whole["params_checksum"]  # Video dropout's draws resume too.
-  evaluated = train.evaluate_run(str(workdir), {"train.eval_batch_size": 8})
+  evaluated = train.evaluate_run(str(workdir), {"train.eval_batch_size": 16})
   assert evaluated["eval"]["mAP"] == pytest.approx(whole["eval"]["mAP"], rel=1e-5)
+
+  # The pictures: frames with where latents look, and each modality's share of the attention.
+  monkeypatch.undo()
+  run = train.load_run(str(workdir))
+  index = visualize_video.visualize_run(run, str(tmp_path / "pictures"), 2, workdir=str(workdir))
+  assert {p.name for p in (tmp_path / "pictures").iterdir()} == {
+    "index.md",
+    "video_0.png",
+    "video_1.png",
+    "modalities.png",
+  }
+  layout, grid = visualize_video.token_layout(run.config)
+  assert layout == {"audio": (0, 128), "video": (128, 128)} and grid == (8, 4, 4)
+  examples, indices = visualize_video.eval_examples(run.config, 2)
+  keys = train.eval_example_keys(run.state.rng, indices)
+  _, weights = visualize_video.attention(
+    run.config, run.state.params, run.state.state, examples["inputs"], examples["input_mask"], keys
+  )
+  shares = visualize_video.modality_shares(weights[0], layout)
+  np.testing.assert_allclose(shares["audio"] + shares["video"], 1.0, rtol=1e-5)  # Attention sums to one.
+  assert f"video {shares['video'].mean():.1%}" in open(index).read()
