@@ -34,6 +34,8 @@ setuptools.setup(
     # (plain trimesh needs only numpy; none of its extras).
     "h5py>=3.10",
     "trimesh>=4.0",
+    # Video (data/video_ops.py): any container and codec FFmpeg reads, decoded to frames.
+    "av>=12",
   ],
   extras_require={
     # Cloud TPU VMs (scripts/setup_tpu_vm.sh); jax[tpu] brings the libtpu it pins (0.0.42.* for jax 0.10.2).

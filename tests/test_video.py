@@ -211,3 +211,55 @@ def test_audio_video_runlocal_trains_resumes_and_evaluates(config_loader, tmp_pa
   shares = visualize_video.modality_shares(weights[0], layout)
   np.testing.assert_allclose(shares["audio"] + shares["video"], 1.0, rtol=1e-5)  # Attention sums to one.
   assert f"video {shares['video'].mean():.1%}" in open(index).read()
+
+
+def _write_clip(path, fps, width, height, count):
+  """An MPEG-4 clip whose frame i is grey level 8 i (decoded frames say which source frame they are)."""
+  import av
+
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("mpeg4", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    for i in range(count):
+      image = np.full((height, width, 3), 8 * i, np.uint8)
+      for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def test_video_decoding_resamples_to_25_fps_and_the_augmentations_keep_the_clip_together(tmp_path):
+  import wave
+
+  from perceiver_jax.data import video_ops
+
+  _write_clip(tmp_path / "wide.mp4", 30, 64, 48, 30)  # 1 s at 30 fps, 4:3.
+  frames = video_ops.decode(tmp_path / "wide.mp4", short_side=32)
+  assert frames.shape == (25, 32, 43, 3) and frames.dtype == np.uint8
+  # Output frame k (time k / 25) shows the last source frame at or before it: floor(k * 30 / 25).
+  shown = np.round(frames.reshape(25, -1).mean(1) / 8).astype(int)
+  np.testing.assert_array_equal(shown, np.floor(np.arange(25) * 30 / 25 + 1e-9).astype(int))
+  _write_clip(tmp_path / "tall.mkv", 24, 32, 48, 12)  # Portrait, 0.5 s at 24 fps, another container.
+  assert video_ops.decode(tmp_path / "tall.mkv", short_side=32).shape[1:3] == (48, 32)
+  (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+  with wave.open(str(tmp_path / "sound.wav"), "wb") as f:  # Audio only: no video stream.
+    f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000), f.writeframes(bytes(1600))
+  for name in ("broken.mp4", "sound.wav"):
+    with pytest.raises(video_ops.VideoError, match=name):
+      video_ops.decode(tmp_path / name)
+
+  rng = np.random.default_rng(0)
+  clip, mask = video_ops.take_window(frames, video_ops.train_window(25, rng), 32)  # Shorter than a window.
+  assert clip.shape == (32, 32, 43, 3) and mask.tolist() == [True] * 25 + [False] * 7
+  np.testing.assert_array_equal(video_ops.eval_windows(250), np.linspace(0, 218, 16).round())
+  assert video_ops.window_samples(50, 48_000) == 96_000  # Frame 50 at 25 fps is 2 s in.
+  ramp = np.broadcast_to(np.arange(64, dtype=np.uint8)[None, None, :, None] * 4, (2, 48, 64, 3)).copy()
+  ramp[1] = 255 - ramp[1]
+  cropped = video_ops.inception_crop(ramp, rng, size=16)
+  assert cropped.shape == (2, 16, 16, 3)
+  np.testing.assert_allclose(cropped[0].astype(int) + cropped[1], 255, atol=2)  # One crop for both frames.
+  flips = [video_ops.flip(ramp, np.random.default_rng(s)) for s in range(8)]
+  assert {bool(f[0, 0, 0, 0] > f[0, 0, -1, 0]) for f in flips} == {True, False}
+  coloured = video_ops.colour(ramp, rng)
+  assert coloured.dtype == np.float32 and 0.0 <= coloured.min() and coloured.max() <= 1.0
+  np.testing.assert_array_equal(video_ops.centre_crop(ramp, 48)[0], ramp[0, :, 8:56])
