@@ -347,8 +347,10 @@ def test_table3_puts_sound_and_video_runs_in_the_papers_layout(tmp_path):
   _sound_run(root, "raw1", 0.90, {"audio": raw}, seed=1)
   _sound_run(root, "video", 0.30, {"video": video}, dataset="audio_video")
   _sound_run(root, "av", 0.88, {"audio": raw, "video": video}, dataset="audio_video", dropout={"video": 0.3})
-  _sound_run(root, "tuned", 0.91, {"audio": tuned, "video": video}, "audio_video", dropout={"audio": 0.1})
+  tuned_dropout = {"audio": 0.1, "video": 0.3}
+  _sound_run(root, "tuned", 0.91, {"audio": tuned, "video": video}, "audio_video", dropout=tuned_dropout)
   _sound_run(root, "mel_av", 0.5, {"audio": mel, "video": video}, "audioset", dropout={"video": 0.3})
+  _sound_run(root, "av_no_vd", 0.7, {"audio": raw, "video": video}, dataset="audio_video", dropout={})
   markdown = tables.write_report(tables.find_runs([root]), out)
   lines = markdown.splitlines()
   assert "Table 1" not in markdown  # Multi-label runs only: Table 3, not the top-1 tables.
@@ -357,6 +359,7 @@ def test_table3_puts_sound_and_video_runs_in_the_papers_layout(tmp_path):
   assert "| Perceiver (mel spectrogram) | 38.4 | — | 25.8 | 30.0 | 43.2 | — |" in miniature
   assert "| Perceiver (mel spectrogram, tuned) | — | — | — | — | 44.2 | 91.0 |" in miniature
   assert "| CNN-14 (Kong 2020) | 43.1 | — | — | — | — | — |" in miniature
+  assert "| Perceiver (raw audio), no video dropout | — | — | — | — | 39.7 | 70.0 |" in miniature
   audioset = lines[lines.index("### Table 3: AudioSet, mAP (audioset)") :]
   assert "| Perceiver (mel spectrogram) | 38.4 | — | 25.8 | — | 43.2 | 50.0 |" in audioset
   with open(os.path.join(out, "table3_sounds.csv")) as f:
