@@ -1,6 +1,7 @@
 """Video and audio+video (front_ends/video.py, front_ends/multimodal.py's fusion, data/audio_video.py):
 patch layout, masks, token order, modality dropout, and the audio+video miniature: train, resume, evaluate."""
 
+import re
 import shutil
 
 import haiku as hk
@@ -203,14 +204,10 @@ def test_audio_video_runlocal_trains_resumes_and_evaluates(config_loader, tmp_pa
   }
   layout, grid = visualize_video.token_layout(run.config)
   assert layout == {"audio": (0, 128), "video": (128, 128)} and grid == (8, 4, 4)
-  examples, indices = visualize_video.eval_examples(run.config, 2)
-  keys = train.eval_example_keys(run.state.rng, indices)
-  _, weights = visualize_video.attention(
-    run.config, run.state.params, run.state.state, examples["inputs"], examples["input_mask"], keys
-  )
-  shares = visualize_video.modality_shares(weights[0], layout)
-  np.testing.assert_allclose(shares["audio"] + shares["video"], 1.0, rtol=1e-5)  # Attention sums to one.
-  assert f"video {shares['video'].mean():.1%}" in open(index).read()
+  lines = [line for line in open(index).read().splitlines() if "mean share of a latent's attention" in line]
+  assert len(lines) == 1  # One cross-attend: audio's and video's shares of the attention add up to one.
+  shares = [float(x) for x in re.findall(r"(?:audio|video) ([0-9.]+)% \(of tokens 50.0%\)", lines[0])]
+  assert len(shares) == 2 and sum(shares) == pytest.approx(100.0, abs=0.11)
 
 
 def _write_clip(path, fps, width, height, count):
