@@ -6,9 +6,9 @@ Axes: B examples, N latents, M input tokens; the video's patch grid is (T', H', 
 `video`, or `multimodal` with a `video` modality), feeds the first few evaluation examples exactly as
 evaluation does (the same per-example keys), and writes PNGs and an `index.md`:
 - `video_<b>.png` per example: a few frames of the clip, and under them, for a few latents of the first and
-  the last cross-attend (those whose attention over the video tokens is most concentrated), their weights
-  over the patch grid at each shown frame's time (averaged over heads, each latent on its own scale), and
-  the share of the latent's attention on each time step;
+  the last cross-attend (those whose attention over the video tokens is most concentrated), at the time
+  steps each attends to most, the frame under its weights on the patch grid (averaged over heads, each
+  latent on its own scale), and the share of the latent's attention on each time step;
 - for several modalities, `modalities.png`: per cross-attend, each latent's share of attention on each
   modality (averaged over the examples), sorted, beside the modality's share of the tokens; the mean
   shares are written in index.md too.
@@ -147,29 +147,35 @@ def _save(fig: Figure, path: str) -> str:
 
 def draw_clip(frames, video_weights, grid, latents, title: str, path: str) -> str:
   """frames [T, H, W, C]; video_weights per cross-attend [N, T' H' W'] (the video tokens); `latents`
-  per cross-attend. Row 0: frames; then one row per (cross-attend, latent): its map at each frame's time
-  patch and, last, its attention per time patch."""
+  per cross-attend. Row 0: frames evenly spaced over the clip; then one row per (cross-attend, latent): at
+  the NUM_FRAMES time steps it attends to most, the first frame of that step under the latent's weights on
+  the patch grid (each latent on its own scale), and last its attention per time step."""
   t_, h_, w_ = grid
+  per_frame = len(frames) // t_
+  clip = np.asarray(frames, np.float32)
+  lo, span = float(clip.min()), max(float(np.ptp(clip)), 1e-8)  # One scale for the clip, for display.
+  clip = (clip - lo) / span
+  ph, pw = clip.shape[1] // h_, clip.shape[2] // w_
   shown = np.unique(np.linspace(0, len(frames) - 1, NUM_FRAMES).round().astype(int))
   rows = [(a, n) for a, chosen in enumerate(latents) for n in chosen]
-  fig, axes = _figure(1 + len(rows), len(shown) + 1)
+  fig, axes = _figure(1 + len(rows), NUM_FRAMES + 1)
   for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
-  clip = np.asarray(frames, np.float32)
-  lo, span = float(clip.min()), max(float(np.ptp(clip)), 1e-8)  # One scale for the clip, for display.
   for ax, f in zip(axes[0], shown, strict=False):
-    ax.imshow((clip[f] - lo) / span, interpolation="nearest")
+    ax.imshow(clip[f], interpolation="nearest")
     ax.set_title(f"frame {f}", fontsize=8)
-  axes[0, -1].axis("off")
-  per_frame = len(frames) // t_
+  for ax in axes[0, len(shown) :]:
+    ax.axis("off")
   for row, (a, n) in zip(axes[1:], rows, strict=True):
     grid_weights = video_weights[a][n].reshape(t_, h_, w_)
-    top = max(float(grid_weights.max()), 1e-12)
-    for ax, f in zip(row, shown, strict=False):
-      ax.imshow(grid_weights[f // per_frame], cmap="viridis", vmin=0.0, vmax=top, interpolation="nearest")
-      ax.set_title(f"x-att {a + 1}, latent {n}", fontsize=7)
     over_time = grid_weights.sum(axis=(1, 2))
+    top = max(float(grid_weights.max()), 1e-12)
+    for ax, step in zip(row, sorted(np.argsort(-over_time, kind="stable")[:NUM_FRAMES]), strict=False):
+      heat = np.kron(grid_weights[step], np.ones((ph, pw)))  # The patch grid at pixel size.
+      ax.imshow(clip[step * per_frame], interpolation="nearest")
+      ax.imshow(heat, cmap="magma", vmin=0.0, vmax=top, alpha=0.6, interpolation="nearest")
+      ax.set_title(f"x-att {a + 1}, latent {n}, frame {step * per_frame}", fontsize=6)
     row[-1].bar(np.arange(t_), over_time, color="tab:blue")
     row[-1].set_title("attention per time step", fontsize=7)
   fig.suptitle(title, fontsize=9)
@@ -223,8 +229,8 @@ def visualize_run(run: train.Run, out_dir: str, num_examples: int = 2, workdir: 
     f"Tokens: {', '.join(f'{n} {c} (from {s})' for n, (s, c) in layout.items())}; the video's patch grid "
     f"{grid[0]} x {grid[1]} x {grid[2]} (time x rows x columns). Per clip: {NUM_FRAMES} frames, then for the "
     f"{NUM_LATENTS} latents of the first and last cross-attend whose attention over the video is most "
-    "concentrated, that attention on the patch grid at each frame's time (each latent on its own scale) "
-    "and its sum per time step.",
+    "concentrated: at the time steps it attends to most, the frame under that attention on the patch grid "
+    "(each latent on its own scale), and its sum per time step.",
     "",
   ]
   for b in range(len(indices)):
