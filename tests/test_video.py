@@ -257,6 +257,12 @@ def test_video_decoding_resamples_to_25_fps_and_the_augmentations_keep_the_clip_
   np.testing.assert_allclose(cropped[0].astype(int) + cropped[1], 255, atol=2)  # One crop for both frames.
   flips = [video_ops.flip(ramp, np.random.default_rng(s)) for s in range(8)]
   assert {bool(f[0, 0, 0, 0] > f[0, 0, -1, 0]) for f in flips} == {True, False}
-  coloured = video_ops.colour(ramp, rng)
-  assert coloured.dtype == np.float32 and 0.0 <= coloured.min() and coloured.max() <= 1.0
+  coloured = video_ops.colour(ramp, np.random.default_rng(3))
+  draw = np.random.default_rng(3)  # The same draws, applied one by one as the docstring says.
+  b, c, s = draw.uniform(-0.25, 0.25), draw.uniform(0.75, 1.25), draw.uniform(0.75, 1.25)
+  x = ramp / 255.0 + b
+  x = (x - x.mean()) * c + x.mean()
+  grey = (x @ [0.299, 0.587, 0.114])[..., None]
+  assert coloured.dtype == np.float32
+  np.testing.assert_allclose(coloured, np.clip(grey + (x - grey) * s, 0.0, 1.0), atol=1e-5)
   np.testing.assert_array_equal(video_ops.centre_crop(ramp, 48)[0], ramp[0, :, 8:56])

@@ -131,11 +131,18 @@ def colour(
   contrast: float = 0.25,
   saturation: float = 0.25,
 ) -> np.ndarray:
-  """uint8 frames -> float32 in [0, 1] with one brightness, contrast and saturation draw for the clip."""
-  x = frames.astype(np.float32) / 255.0
-  x = x + rng.uniform(-brightness, brightness)
-  mean = x.mean()
-  x = (x - mean) * rng.uniform(1 - contrast, 1 + contrast) + mean
-  grey = x @ np.asarray([0.299, 0.587, 0.114], np.float32)
-  x = (x - grey[..., None]) * rng.uniform(1 - saturation, 1 + saturation) + grey[..., None]
-  return np.clip(x, 0.0, 1.0)
+  """uint8 frames -> float32 in [0, 1] with one brightness, contrast and saturation draw for the clip.
+
+  In that order: x + b; (x - mean) c + mean; grey + (x - grey) s (grey the luma). All three are affine in
+  the pixel, so they are applied as one 3 x 3 matrix and one offset (one pass over the clip, not five).
+  """
+  b = rng.uniform(-brightness, brightness)
+  c = rng.uniform(1 - contrast, 1 + contrast)
+  s = rng.uniform(1 - saturation, 1 + saturation)
+  luma = np.asarray([0.299, 0.587, 0.114], np.float32)
+  mixing = s * np.eye(3, dtype=np.float32) + (1 - s) * luma[:, None]  # x @ mixing: the saturation
+  mean = frames.mean(dtype=np.float64) / 255.0 + b
+  offset = c * b + (1 - c) * mean  # The luma weights sum to 1: a grey offset stays grey.
+  out = frames.astype(np.float32) @ (mixing * np.float32(c / 255.0))
+  out += np.float32(offset)
+  return np.clip(out, 0.0, 1.0, out=out)
