@@ -260,19 +260,17 @@ def load_av_clip(path: str, segment: Segment, sample_rate: int, short_side: int 
   from perceiver_jax.data import video_ops
 
   samples, rate = decode(path)
-  frames = video_ops.decode(path, video_ops.FPS, short_side)
   try:
     audio_start, video_start = _stream_starts(path)
-  except Exception:  # A container PyAV does not open for its clock (soundfile read the audio): no offset.
+  except Exception:  # A file PyAV cannot open (soundfile read the audio): its video fails below.
     audio_start = video_start = 0.0
   lag = video_start - audio_start  # > 0: the picture starts later; the audio's head is cut.
-  frames = frames[max(int(round(-lag * video_ops.FPS)), 0) :]
   audio, start = _to_int16(*_cut(samples, rate, segment, max(lag, 0.0)), segment, sample_rate)
-  first = int(round(start * video_ops.FPS))
-  frames = frames[first : first + int(round((segment.end - segment.start) * video_ops.FPS))]
-  if not len(frames):
-    raise video_ops.VideoError(f"{path}: no video frame in the segment.")
-  return audio, frames
+  # Whole frames: those before the audio's first sample (lag < 0), then the segment's start in the file.
+  first = max(int(round(-lag * video_ops.FPS)), 0) + int(round(start * video_ops.FPS))
+  length = int(round((segment.end - segment.start) * video_ops.FPS))
+  frames = video_ops.decode(path, video_ops.FPS, short_side, first / video_ops.FPS, length / video_ops.FPS)
+  return audio, frames[:length]
 
 
 def _jpeg(frame: np.ndarray) -> bytes:

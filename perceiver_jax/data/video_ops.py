@@ -33,33 +33,51 @@ class VideoError(ValueError):
   """A file without a readable video stream."""
 
 
-def decode(path: str, fps: float = FPS, short_side: int = 256) -> np.ndarray:
-  """uint8 [T, H, W, 3] frames of `path` at `fps`, the short side `short_side` pixels (aspect kept)."""
+def decode(
+  path: str, fps: float = FPS, short_side: int = 256, start: float = 0.0, duration: float | None = None
+) -> np.ndarray:
+  """uint8 [T, H, W, 3] frames of `path` at `fps`, the short side `short_side` pixels (aspect kept).
+
+  `start`, `duration` (seconds from the first frame; None: to the end): only that part, so that a segment
+  of a long video is decoded without holding (or scaling) the whole video's frames.
+  """
   import av  # Only when video is decoded.
 
+  stop = np.inf if duration is None else start + duration
   try:
     with av.open(str(path)) as container:
       if not container.streams.video:
         raise VideoError(f"{path} has no video stream.")
       stream = container.streams.video[0]
-      times, frames = [], []
+      times, frames, first, earlier = [], [], None, []
       for frame in container.decode(stream):
         if frame.time is None:
           continue
-        w, h = frame.width, frame.height
-        scale = short_side / min(w, h)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
-        times.append(float(frame.time))
+        first = float(frame.time) if first is None else first
+        t = float(frame.time) - first
+        if t > stop + 1.0:  # Past the part (a second's slack for frames decoded out of order).
+          break
+        if t < start:  # Before the part: only the latest such frame may be shown at its start.
+          earlier = [(t, frame)]
+          continue
+        for t_frame in [*earlier, (t, frame)]:
+          w, h = t_frame[1].width, t_frame[1].height
+          scale = short_side / min(w, h)
+          size = (max(1, round(w * scale)), max(1, round(h * scale)))
+          frames.append(t_frame[1].to_ndarray(format="rgb24", width=size[0], height=size[1]))
+          times.append(t_frame[0])
+        earlier = []
   except av.error.FFmpegError as e:
     raise VideoError(f"{path} cannot be decoded: {e}") from None
   if not frames:
-    raise VideoError(f"{path} holds no decodable video frame.")
-  times = np.asarray(times) - times[0]
+    raise VideoError(
+      f"{path} holds no decodable video frame" + (f" from {start:.3f} s on." if start else ".")
+    )
+  times = np.asarray(times)
   order = np.argsort(times, kind="stable")  # Presentation order (B-frames decode out of it).
   times = times[order]
-  end = times[-1] + (np.median(np.diff(times)) if len(times) > 1 else 1.0 / fps)
-  wanted = np.arange(0.0, end - 1e-9, 1.0 / fps)  # [T]: the output frames' times
+  end = min(times[-1] + (np.median(np.diff(times)) if len(times) > 1 else 1.0 / fps), stop)
+  wanted = np.arange(start, end - 1e-9, 1.0 / fps)  # [T]: the output frames' times
   shown = np.clip(np.searchsorted(times, wanted + 1e-6, side="right") - 1, 0, len(times) - 1)
   return np.stack([frames[order[i]] for i in shown])
 
