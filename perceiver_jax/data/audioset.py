@@ -603,10 +603,15 @@ def write_fake_audioset(
   return facts
 
 
-def _write_video(path: str, seconds: float, size: tuple[int, int], samples, rate: int, kind: str) -> None:
+def _write_video(
+  path: str, seconds: float, size: tuple[int, int], samples, rate: int, kind: str, broken: bool = False
+) -> None:
   """A 30 fps clip of `size` (W, H) through PyAV: frame k a grey of level 40 + 60 k / 30 (its time) with a
   bright square moving across; `samples` float32 [n, 1] (None: no audio stream). `kind`: 'mp4' (H.264 and
-  AAC), 'webm' (VP8 and Opus) or 'mkv' (MPEG-4 part 2 and AAC)."""
+  AAC), 'webm' (VP8 and Opus) or 'mkv' (MPEG-4 part 2 and AAC). `broken`: the video packets random bytes
+  (a stream no decoder reads), the audio sound."""
+  from fractions import Fraction
+
   import av
 
   codec, audio_codec = {"mp4": ("libx264", "aac"), "webm": ("libvpx", "libopus"), "mkv": ("mpeg4", "aac")}[
@@ -620,12 +625,18 @@ def _write_video(path: str, seconds: float, size: tuple[int, int], samples, rate
       audio = out.add_stream(audio_codec, rate=rate)
       audio.layout = "mono"
     for k in range(int(round(seconds * 30))):
+      if broken:
+        packet = av.Packet(np.random.default_rng(k).integers(0, 256, 2000, np.uint8).tobytes())
+        packet.stream, packet.time_base, packet.pts, packet.dts = video, Fraction(1, 30), k, k
+        out.mux(packet)
+        continue
       image = np.full((h, w, 3), 40 + 60 * k / 30, np.uint8)
       x = int((w - 16) * k / max(seconds * 30 - 1, 1))
       image[h // 8 : h // 8 + 16, x : x + 16] = (250, 200, 30)
       for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
         out.mux(packet)
-    out.mux(video.encode(None))
+    if not broken:
+      out.mux(video.encode(None))
     if samples is not None:
       frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp", layout="mono")
       frame.sample_rate = rate
@@ -644,9 +655,10 @@ def write_fake_video_audioset(
 
   Clip i of a split: i % 8 = 0 an .mp4 (H.264, AAC) of 320 x 240; 1 a portrait .webm (VP8, Opus) of
   240 x 320; 2 a short .mkv (MPEG-4, AAC; 60% of the segment); 3 an .mp4 without audio (`no_audio`);
-  4 a broken .mp4 (cut in half: `broken`); 5 audio alone in .m4a (`no_video`); 6 the whole video, longer,
-  the segment a part of it from 1 s on (`whole`); 7 a portrait .mp4. Each holds one or two classes: tones
-  (fake_clip) in the sound; in the picture a grey that brightens with time (level 40 + 60 t).
+  4 a broken .mkv (its video packets random bytes, its audio sound: `broken`); 5 audio alone in .m4a
+  (`no_video`); 6 the whole video, longer, the segment a part of it from 1 s on (`whole`); 7 a portrait
+  .mp4. Each holds one or two classes: tones (fake_clip) in the sound; in the picture a grey that brightens
+  with time (level 40 + 60 t).
   """
   sizes = sizes or {"balanced_train": 8, "eval": 4}
   root = epath.Path(manual_dir)
@@ -664,7 +676,7 @@ def write_fake_video_audioset(
       start = 1.0 if case == 6 else 0.0
       labels = sorted(rng.choice(num_classes, size=1 + i % 2, replace=False).tolist())
       lines.append(f'{ytid}, {start:.3f}, {start + seconds:.3f}, "{",".join(f"/m/c{k}" for k in labels)}"')
-      kind = {1: "webm", 2: "mkv"}.get(case, "mp4")
+      kind = {1: "webm", 2: "mkv", 4: "mkv"}.get(case, "mp4")
       rate = 48_000 if kind == "webm" else 16_000
       length = seconds * (0.6 if case == 2 else 1.0) + (2.0 if case == 6 else 0.0)
       size = (240, 320) if case in (1, 7) else (320, 240)
@@ -678,9 +690,6 @@ def write_fake_video_audioset(
       if case == 5:
         _write_m4a(os.fspath(root / "video" / f"{ytid}.m4a"), samples, rate)
         continue
-      _write_video(path, length, size, samples, rate, kind)
-      if case == 4:
-        data = epath.Path(path).read_bytes()
-        epath.Path(path).write_bytes(data[: len(data) // 2])
+      _write_video(path, length, size, samples, rate, kind, broken=case == 4)
     (root / f"{split}_segments.csv").write_text("\n".join(lines) + "\n")
   return facts
