@@ -621,6 +621,8 @@ def _write_video(
   with av.open(path, "w") as out:
     video = out.add_stream(codec, rate=30)
     video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+    if kind == "webm":  # libvpx's default (best quality) takes a second a clip.
+      video.options = {"deadline": "realtime", "cpu-used": "8"}
     if samples is not None:
       audio = out.add_stream(audio_codec, rate=rate)
       audio.layout = "mono"
