@@ -34,7 +34,8 @@ setuptools.setup(
     # (plain trimesh needs only numpy; none of its extras).
     "h5py>=3.10",
     "trimesh>=4.0",
-    # AudioSet clips in any format (scripts/prepare_audioset.py): libsndfile first, FFmpeg for the rest.
+    # AudioSet clips in any format (scripts/prepare_audioset.py): libsndfile first, FFmpeg for the rest;
+    # video (data/video_ops.py): any container and codec FFmpeg reads, decoded to frames.
     "soundfile>=0.13",
     "av>=14",
   ],

@@ -18,6 +18,13 @@ Variants:
   to mono, cropped (train: at a random offset; eval: centred) or zero-padded and masked to 16,000 samples
   (1 s); eval on `test`. Another set: --config.dataset.name=spoken_digit (8 kHz; one `train` split, so
   train_split=train[:90%], eval_split=train[90%:]), crema_d, nsynth, with its num_classes;
+- `audio_video`: the embedded audio+video miniature (data/audio_video.py: the same 4,096 samples and 16
+  frames of 16 x 16 over the same second; 10 classes, 4 heard only, 3 seen only, 3 seen and heard), fused
+  as the paper's AudioSet model: the raw-audio tokens above and 2 x 4 x 4 space-time video patches (96
+  values + 3-D Fourier features, 4 bands per axis: 123 channels, 128 tokens), each padded with a learned
+  modality embedding to 123 + 4 channels (4 for video, 62 for audio: `min_padding_size=4` with the video
+  the widest gives the paper's rule), one array of 256 tokens; video dropout 0.3 in training
+  (`input.modality_dropout.video`; 0 to train without);
 - `runlocal`: a few steps, for tests. Key=value overrides as every config.
 """
 
@@ -56,6 +63,43 @@ def _mel_input(sample_rate: int = SAMPLE_RATE) -> dict:
     max_time_mask=4,
     num_freq_masks=2,
     max_freq_mask=4,
+  )
+
+
+def _audio_video(c: ml_collections.ConfigDict) -> None:
+  c.dataset = ml_collections.ConfigDict(
+    dict(
+      name="audio_video",
+      inputs=dict(
+        audio=dict(shape=(NUM_SAMPLES, 1), dtype="float32", masked=True),
+        video=dict(shape=(16, 16, 16, 3), dtype="float32", masked=True),  # 16 frames of 16 x 16 (16 fps).
+      ),
+      sample_rate=SAMPLE_RATE,
+      min_fraction=0.5,
+      av_presence=0.6,  # How often each stream of a seen-and-heard event shows it.
+      blank_streams=(),  # Streams zeroed in eval batches (evaluate.py may set it: ('video',)).
+      num_classes=10,
+      num_train_examples=8192,
+      num_eval_examples=512,
+    )
+  )
+  c.model.num_classes = 10
+  c.input = ml_collections.ConfigDict(
+    dict(
+      front_end="multimodal",
+      min_padding_size=4,  # The paper's 4 channels of video embedding (the video is the wider).
+      modality_dropout=dict(video=0.3),  # The paper's video dropout.
+      modalities=dict(
+        audio=_raw_input(),
+        video=dict(
+          front_end="video",
+          patch_size=(2, 4, 4),
+          position_encoding="fourier",
+          num_bands=4,
+          max_resolution=None,
+        ),
+      ),
+    )
   )
 
 
@@ -104,6 +148,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     "raw": lambda c: setattr(c, "input", ml_collections.ConfigDict(_raw_input())),
     "mel": lambda c: setattr(c, "input", ml_collections.ConfigDict(_mel_input(c.dataset.sample_rate))),
     "speech_commands": speech_commands,
+    "audio_video": _audio_video,
     "runlocal": runlocal,
   }
   return config_args.apply_arg(c, arg, variants)

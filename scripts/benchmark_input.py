@@ -8,6 +8,12 @@ N / 4 eval clips of 10 s, FLAC/WAV/AAC at 8-16 kHz, data/audioset.write_fake_aud
 config's rate with the real prepare_audioset (into a temporary directory) and measures the clip reader:
 train clips/s (a random 1.28 s crop each) and eval clips/s (16 windows each).
 
+Video (configs/audioset.py:video, audio_video, ...): `--fake_audioset_video_clips=N` writes N balanced_train
+and N / 4 eval clips of 10 s, 30 fps, 320 x 240 and portrait (H.264/MP4, VP8/WebM, MPEG-4/MKV; of each 8,
+3 are left out by design: data/audioset.write_fake_video_audioset), prepares them with `video=True` (frames at
+25 fps, short side `--short_side`, JPEG) and measures the reader: train clips/s (a 32-frame window decoded,
+cropped, flipped, colour-jittered, and its audio) and eval clips/s (16 windows, centre crops).
+
 `--fake_images_per_class=N` builds a fake ImageNet first (3 classes x N train and 3N validation JPEGs at
 typical ImageNet sizes, written as the ILSVRC2012 tars and run through the real TFDS builder, as the tests
 do) in a temporary directory and measures on that. Prints one JSON line.
@@ -39,6 +45,14 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Batches pulled before timing (pipel
 _FAKE = flags.DEFINE_integer("fake_images_per_class", 0, "If > 0, measure on a fake ImageNet of this size.")
 _FAKE_AUDIOSET = flags.DEFINE_integer(
   "fake_audioset_clips", 0, "If > 0, measure on a fake AudioSet this big."
+)
+_FAKE_VIDEO = flags.DEFINE_integer(
+  "fake_audioset_video_clips",
+  0,
+  "If > 0, measure a video config on a fake AudioSet of this many video clips.",
+)
+_SHORT_SIDE = flags.DEFINE_integer(
+  "short_side", 256, "With --fake_audioset_video_clips: stored frames' short side."
 )
 # A v5e:8x8 pod: 64 chips on 16 hosts, 197 bf16 TFLOP/s per chip.
 _CHIPS_PER_HOST = flags.DEFINE_integer("chips_per_host", 4, "Accelerator chips per host, for host_need.")
@@ -86,10 +100,15 @@ def _audio_report(config, train_first: float, train_rate: float, eval_first: flo
   import jax
 
   need = host_need(config, train_rate)
+  inputs = config.dataset.inputs
+  video = "video" in inputs
   return {
     "dataset": config.dataset.name,
-    "fake_data": _FAKE_AUDIOSET.value > 0,
-    "samples_per_crop": config.dataset.inputs.shape[0],
+    "fake_data": _FAKE_AUDIOSET.value > 0 or _FAKE_VIDEO.value > 0,
+    "samples_per_crop": (inputs.audio.shape[0] if "audio" in inputs else 0) if video else inputs.shape[0],
+    **(
+      {"frames_per_crop": list(inputs.video.shape), "stored_short_side": _SHORT_SIDE.value} if video else {}
+    ),
     "sample_rate": config.dataset.sample_rate,
     "eval_windows": config.dataset.get("eval_windows"),
     "process_count": jax.process_count(),
@@ -127,6 +146,20 @@ def main(argv: list[str]) -> None:
         rate,
         log=logging.info,
       )
+      config.dataset.update(name="audioset", data_dir=os.path.join(tmp, "data"), train_split="balanced_train")
+    if _FAKE_VIDEO.value > 0:
+      from perceiver_jax.data import audioset
+
+      n, rate = _FAKE_VIDEO.value, config.dataset.sample_rate
+      sizes = {"balanced_train": n, "eval": max(n // 4, 1)}
+      audioset.write_fake_video_audioset(os.path.join(tmp, "manual"), 527, sizes, seconds=10.0)
+      start = time.perf_counter()
+      _, prepared, _ = audioset.prepare_audioset(
+        os.path.join(tmp, "manual"), os.path.join(tmp, "data"), tuple(sizes), rate, log=logging.info,
+        video=True, short_side=_SHORT_SIDE.value,
+      )  # fmt: skip
+      logging.info("prepared %s in %.1f s", prepared, time.perf_counter() - start)
+      print(json.dumps({"prepared_clips": prepared, "prepare_s": round(time.perf_counter() - start, 1)}))
       config.dataset.update(name="audioset", data_dir=os.path.join(tmp, "data"), train_split="balanced_train")
     train_first, train_rate = _measure(data.train_batches(config), _NUM_BATCHES.value, _WARMUP.value)
     # Eval passes are chained so that a small split still gives `num_batches` batches.

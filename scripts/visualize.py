@@ -4,7 +4,9 @@
 
 W is a finished run of experiments/train.py; see docs/visualize.md for what the pictures show. A point-cloud
 run (input.front_end=points, any model) gets its clouds and, for a Perceiver, at most 4 latents' attention
-over the points (perceiver_jax.tools.visualize_points).
+over the points (perceiver_jax.tools.visualize_points). A run fed video (input.front_end=video, or multimodal
+with a video modality) gets a few frames of its clips with where some latents look in space and time, and
+with several modalities how much attention each gets (perceiver_jax.tools.visualize_video).
 """
 
 import os
@@ -14,7 +16,7 @@ from absl import app, flags
 from etils import epath
 
 from perceiver_jax import cli
-from perceiver_jax.tools import visualize, visualize_points
+from perceiver_jax.tools import visualize, visualize_points, visualize_video
 from perceiver_jax.training import train
 
 _WORKDIR = flags.DEFINE_string(
@@ -39,6 +41,13 @@ def main(argv):
       sys.exit(f"visualize: {e}")
     index = visualize_points.visualize_run(run, out, _EXAMPLES.value, min(_LATENTS.value, 4), workdir=workdir)
     print(f"Wrote {index}")
+    return
+  if visualize_video.is_video_workdir(workdir):
+    try:
+      run = visualize.load(workdir)
+    except (FileNotFoundError, ValueError) as e:
+      sys.exit(f"visualize: {e}")
+    print(f"Wrote {visualize_video.visualize_run(run, out, min(_EXAMPLES.value, 8), workdir=workdir)}")
     return
   try:
     run = visualize.load(workdir)

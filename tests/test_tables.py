@@ -320,3 +320,51 @@ def test_multi_label_runs_load_but_fill_no_top1_cell_and_old_runs_with_images_pe
   [(_, _, table1, _), _] = tables.report(runs, FAKE_GFLOPS)
   [row] = [line for line in table1.splitlines() if line.startswith("| ResNet-50 (FF)")]
   assert row.split(" | ")[2] == "90.0"  # The old single-label run alone (two runs would show n=2).
+
+
+def _sound_run(root, name, mAP, inputs, dataset="sounds", seed=0, dropout=None):
+  """A finished multi-label run fed `inputs` ({modality: front-end settings}; one entry 'audio' alone:
+  one array)."""
+  path = make_run(root, name, "perceiver", dataset=dataset, seed=seed)
+  if set(inputs) == {"audio"} and dropout is None:
+    settings = dict(inputs["audio"])
+  else:
+    settings = dict(front_end="multimodal", modality_dropout=dropout or {}, modalities=inputs)
+  with open(os.path.join(path, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(dict(config, task="multi_label", input=settings), f)
+  with open(os.path.join(path, "results.json"), "w") as f:
+    json.dump({"eval": {"mAP": mAP, "loss": 0.5, "count": 10}, "step": 100, "params": 2000}, f)
+
+
+def test_table3_puts_sound_and_video_runs_in_the_papers_layout(tmp_path):
+  root, out = str(tmp_path / "runs"), str(tmp_path / "tables")
+  raw, video = {"front_end": "audio"}, {"front_end": "video"}
+  mel = {"front_end": "mel", "num_time_masks": 2, "num_freq_masks": 2}
+  tuned = dict(mel, num_time_masks=0, num_freq_masks=0)
+  _sound_run(root, "raw0", 0.80, {"audio": raw})
+  _sound_run(root, "raw1", 0.90, {"audio": raw}, seed=1)
+  _sound_run(root, "video", 0.30, {"video": video}, dataset="audio_video")
+  _sound_run(root, "av", 0.88, {"audio": raw, "video": video}, dataset="audio_video", dropout={"video": 0.3})
+  tuned_dropout = {"audio": 0.1, "video": 0.3}
+  _sound_run(root, "tuned", 0.91, {"audio": tuned, "video": video}, "audio_video", dropout=tuned_dropout)
+  _sound_run(root, "mel_av", 0.5, {"audio": mel, "video": video}, "audioset", dropout={"video": 0.3})
+  _sound_run(root, "av_no_vd", 0.7, {"audio": raw, "video": video}, dataset="audio_video", dropout={})
+  markdown = tables.write_report(tables.find_runs([root]), out)
+  lines = markdown.splitlines()
+  assert "Table 1" not in markdown  # Multi-label runs only: Table 3, not the top-1 tables.
+  miniature = lines[lines.index("### Table 3: AudioSet, mAP (sounds)") :]
+  assert "| Perceiver (raw audio) | 38.3 | 85.0 ± 7.1 (n=2) | 25.8 | 30.0 | 43.5 | 88.0 |" in miniature
+  assert "| Perceiver (mel spectrogram) | 38.4 | — | 25.8 | 30.0 | 43.2 | — |" in miniature
+  assert "| Perceiver (mel spectrogram, tuned) | — | — | — | — | 44.2 | 91.0 |" in miniature
+  assert "| CNN-14 (Kong 2020) | 43.1 | — | — | — | — | — |" in miniature
+  assert "| Perceiver (raw audio), no video dropout | — | — | — | — | 39.7 | 70.0 |" in miniature
+  audioset = lines[lines.index("### Table 3: AudioSet, mAP (audioset)") :]
+  assert "| Perceiver (mel spectrogram) | 38.4 | — | 25.8 | — | 43.2 | 50.0 |" in audioset
+  with open(os.path.join(out, "table3_sounds.csv")) as f:
+    rows = {(r["row"], r["column"]): r for r in csv.DictReader(f)}
+  assert float(rows[("Perceiver (raw audio)", "audio")]["map_mean"]) == pytest.approx(85.0)
+  assert rows[("Perceiver (raw audio)", "audio")]["num_runs"] == "2"
+  assert rows[("G-blend (Wang 2020)", "video")]["paper_map"] == "18.8"
+  assert rows[("Perceiver (mel spectrogram)", "av")]["map_mean"] == ""

@@ -57,6 +57,12 @@ def _sounds() -> ModuleType:
   return sounds
 
 
+def _audio_video() -> ModuleType:
+  from perceiver_jax.data import audio_video
+
+  return audio_video
+
+
 def _shapes() -> ModuleType:
   from perceiver_jax.data import shapes
 
@@ -86,6 +92,7 @@ def _tfds() -> ModuleType:
 SOURCES: dict[str, Callable[[], object]] = {
   "digits": _digits,
   "sounds": _sounds,
+  "audio_video": _audio_video,
   "synthetic": _synthetic,
   "shapes": _shapes,
   "modelnet40": _modelnet40,

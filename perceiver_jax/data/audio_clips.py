@@ -18,6 +18,19 @@ clip's end: a clip shorter than S is padded with zeros).
   paper's 16 overlapping windows covering the 10 s: offsets linspace(0, L - S, W)): inputs [b, W, S, 1],
   input_mask [b, W, S] (data.spec), and the eval step averages the W windows' scores into the clip's
   (train.eval_step), so eval counts clips. Without it (None), one centred window, inputs [b, S, 1].
+Video (configs/audioset.py's `video` and `audio_video*` variants): `dataset.inputs` a mapping
+{video: (T, H, H, 3)} or {audio: (S, 1), video: (T, H, H, 3)}, both masked, reads the clips' frames too
+(`audioset_clips/<rate>hz/2.0.0`, `prepare_audioset.py --video`: 25 fps JPEGs). An example is then
+{'video': float32 [T, H, H, 3] in [0, 1], 'audio': [S, 1]} with `input_mask` {'video': [T, H, H],
+'audio': [S]} (False for frames or samples past the clip's end):
+- Train: a random window of T frames (data/video_ops.train_window; the paper's 32 frames, 1.28 s) and the
+  S samples from the same instant (video_ops.window_samples), only the window's JPEGs decoded; one
+  Inception-style crop for all its frames resized to H, a flip with probability 1/2 and one colour jitter
+  (video_ops), all seeded by (config.seed, stream position) as the audio crop.
+- Eval: W = eval_windows windows of T frames evenly spaced over the clip (video_ops.eval_windows: the
+  paper's 16 overlapping windows) with their audio, the central square of each frame resized to H;
+  inputs {video [b, W, T, H, H, 3], audio [b, W, S, 1]}; the eval step averages the windows' scores as for
+  audio (it maps over the inputs' mapping). None: one centred window.
 Fields read: dataset.name, data_dir, sample_rate, inputs, num_classes, train_split, eval_split (TFDS split
 strings: `balanced_train+unbalanced_train`, `train[:90%]`, ...), eval_windows.
 """
@@ -25,23 +38,25 @@ strings: `balanced_train+unbalanced_train`, `train[:90%]`, ...), eval_windows.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 from collections.abc import Iterator
 
+import jax
 import ml_collections
 import numpy as np
 from etils import epath
 
-from perceiver_jax.data import shares, spec
+from perceiver_jax.data import shares, spec, video_ops
 
 AUDIOSET = "audioset"
 _CROP = 7  # Folded into the crops' seeds.
 
 
 @functools.lru_cache(maxsize=8)
-def _open(name: str, data_dir: str | None, sample_rate: int):
-  """(builder, audio key, label key, multi_label) of a prepared dataset."""
+def _open(name: str, data_dir: str | None, sample_rate: int, video: bool = False):
+  """(builder, audio key, label key, multi_label) of a prepared dataset (`video`: AudioSet's 2.0.0)."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
@@ -49,13 +64,19 @@ def _open(name: str, data_dir: str | None, sample_rate: int):
   if name == AUDIOSET:
     from perceiver_jax.data import audioset
 
-    path = audioset.dataset_dir(data_dir or "", sample_rate)
+    path = audioset.dataset_dir(data_dir or "", sample_rate, video)
     if data_dir is None or not (path / "dataset_info.json").exists():
+      what = "with its video " if video else ""
       raise FileNotFoundError(
-        f"AudioSet at {sample_rate} Hz is not prepared in dataset.data_dir={data_dir!r} (looked for {path}). "
-        f"{audioset.HOWTO} Add --sample_rate={sample_rate} (dataset.sample_rate)."
+        f"AudioSet {what}at {sample_rate} Hz is not prepared in dataset.data_dir={data_dir!r} (looked for "
+        f"{path}). {audioset.HOWTO} Add --sample_rate={sample_rate} (dataset.sample_rate)"
+        + (" and --video." if video else ".")
       )
     return tfds.builder_from_directory(os.fspath(path)), "audio", "labels", True
+  if video:
+    raise ValueError(
+      f"dataset.name={name!r}: video inputs are read from AudioSet only (dataset.name='audioset')."
+    )
   if data_dir is not None and not epath.Path(data_dir).is_dir():
     raise FileNotFoundError(f"dataset.data_dir={data_dir!r} is not a directory (the TFDS data directory).")
   try:
@@ -72,8 +93,8 @@ def _open(name: str, data_dir: str | None, sample_rate: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _data_source(name: str, data_dir: str | None, sample_rate: int, split: str):
-  builder, *_ = _open(name, data_dir, sample_rate)
+def _data_source(name: str, data_dir: str | None, sample_rate: int, video: bool, split: str):
+  builder, *_ = _open(name, data_dir, sample_rate, video)
   try:
     return builder.as_data_source(split=split)
   except Exception as error:  # TFDS raises several kinds; the two causes are told apart below.
@@ -93,11 +114,29 @@ class _Reader:
 
   def __init__(self, config: ml_collections.ConfigDict):
     d = config.dataset
-    shape = tuple(d.inputs.shape)
-    if len(shape) != 2 or shape[1] != 1 or not d.inputs.get("masked", False):
+    self.video = None  # (T, H) of the video variants' frames.
+    audio = d.inputs
+    if "video" in d.inputs:
+      video = d.inputs.video
+      t, h, w, c = (tuple(video.shape) + (0, 0, 0, 0))[:4]
+      if (
+        set(d.inputs) - {"audio", "video"}
+        or len(video.shape) != 4
+        or c != 3
+        or h != w
+        or not video.get("masked")
+      ):
+        raise ValueError(
+          "AudioSet's video needs dataset.inputs = dict(video=dict(shape=(T, H, H, 3), masked=True)) and "
+          f"optionally audio=dict(shape=(S, 1), masked=True); got {d.inputs}."
+        )
+      self.video = (t, h)
+      audio = d.inputs.get("audio")
+    shape = tuple(audio.shape) if audio is not None else (0, 1)
+    if len(shape) != 2 or shape[1] != 1 or not (audio is None or audio.get("masked", False)):
       raise ValueError(f"Audio clips need dataset.inputs = dict(shape=(S, 1), masked=True); got {d.inputs}.")
-    self.num_samples, self.rate = shape[0], int(d.sample_rate)
-    self.key = (d.name, d.data_dir, self.rate)
+    self.num_samples, self.rate = shape[0], int(d.sample_rate)  # S = 0: the video alone.
+    self.key = (d.name, d.data_dir, self.rate, self.video is not None)
     builder, self.audio_key, self.label_key, self.multi_label = _open(*self.key)
     features = builder.info.features
     if self.multi_label:
@@ -150,6 +189,44 @@ class _Reader:
     return np.int32(example[self.label_key])
 
 
+def _decode_frames(jpegs, first: int, count: int) -> np.ndarray:
+  """uint8 [n, H, W, 3]: the JPEG frames first .. first + count - 1 of a clip (those there; PIL)."""
+  from PIL import Image
+
+  frames = []
+  for data in jpegs[first : first + count]:
+    with Image.open(io.BytesIO(data)) as image:
+      if image.format != "JPEG":  # Our own files; still, nothing but a JPEG is decoded.
+        raise ValueError(f"a video frame is {image.format}, not JPEG: prepare the data again.")
+      frames.append(np.asarray(image.convert("RGB")))
+  return np.stack(frames)
+
+
+def train_video(jpegs, reader: _Reader, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+  """(float32 [T, H, H, 3] augmented, bool [T] mask, first frame) of a random window of a clip's frames."""
+  t, size = reader.video
+  first = video_ops.train_window(len(jpegs), rng, t)
+  frames, mask = video_ops.take_window(_decode_frames(jpegs, first, t), 0, t)
+  frames = video_ops.colour(video_ops.flip(video_ops.inception_crop(frames, rng, size), rng), rng)
+  frames[~mask] = 0.0  # Padding frames stay zero after the colour jitter.
+  return frames, mask, first
+
+
+def eval_video(jpegs, reader: _Reader, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(float32 [W, T, H, H, 3], bool [W, T]): the windows from `starts`, centre-cropped; each frame once."""
+  t, size = reader.video
+  base = int(starts.min())
+  frames = _decode_frames(jpegs, base, int(starts.max()) + t - base)
+  frames = video_ops.centre_crop(frames, size).astype(np.float32) / np.float32(255)
+  parts = [video_ops.take_window(frames, int(s) - base, t) for s in starts]
+  return tuple(np.stack(x) for x in zip(*parts, strict=True))
+
+
+def _pixels(frame_mask: np.ndarray, frames: np.ndarray) -> np.ndarray:
+  """bool [..., T] per-frame mask -> [..., T, H, W], the batch spec's video mask (one flag a pixel)."""
+  return np.broadcast_to(frame_mask[..., None, None], frames.shape[:-1]).copy()
+
+
 def window(clip: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
   """(samples float32 [length, 1], mask bool [length]) of clip[start : start + length], zero-padded.
 
@@ -187,12 +264,28 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Ite
     for example, position in zip(examples, positions, strict=True):
       clip = reader.clip(example)
       rng = np.random.default_rng([config.seed, _CROP, int(position)])
-      samples, mask = window(clip, int(rng.integers(0, max(len(clip) - s, 0) + 1)), s)
+      if reader.video is None:
+        samples, mask = window(clip, int(rng.integers(0, max(len(clip) - s, 0) + 1)), s)
+      else:  # The frames' window, then the audio from the same instant.
+        frames, frame_mask, first = train_video(example["video"], reader, rng)
+        samples, mask = {"video": frames}, {"video": _pixels(frame_mask, frames)}
+        if s:
+          samples["audio"], mask["audio"] = window(clip, video_ops.window_samples(first, reader.rate), s)
       inputs.append(samples)
       masks.append(mask)
       labels.append(reader.label(example))
-    yield {"inputs": np.stack(inputs), "input_mask": np.stack(masks), "label": np.stack(labels)}
+    yield _stacked(inputs, masks, labels)
     step += 1
+
+
+def _stacked(inputs: list, masks: list, labels: list) -> dict:
+  """The batch of examples' inputs and masks (arrays, or mappings of arrays) and labels."""
+  stack = lambda *x: np.stack(x)  # noqa: E731
+  return {
+    "inputs": jax.tree.map(stack, *inputs),
+    "input_mask": jax.tree.map(stack, *masks),
+    "label": np.stack(labels),
+  }
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict]:
@@ -203,11 +296,29 @@ def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict]:
     inputs, masks, labels = [], [], []
     for example in reader.read(source, index):
       clip = reader.clip(example)
-      parts = [window(clip, int(start), s) for start in eval_starts(len(clip), s, reader.windows)]
+      if reader.video is None:
+        starts = eval_starts(len(clip), s, reader.windows)
+      else:  # The frames' windows, and the audio's from the same instants.
+        t = reader.video[0]
+        num_frames = len(example["video"])
+        starts = video_ops.eval_windows(num_frames, reader.windows, t) if reader.windows else None
+        if starts is None:
+          starts = np.array([max(num_frames - t, 0) // 2])
+        frames, frame_mask = eval_video(example["video"], reader, starts)
+        starts = [video_ops.window_samples(int(f), reader.rate) for f in starts]
+      parts = [window(clip, int(start), s) for start in starts]
       samples, mask = (np.stack(x) for x in zip(*parts, strict=True))  # [W, S, 1], [W, S]
-      inputs.append(samples if reader.windows is not None else samples[0])
-      masks.append(mask if reader.windows is not None else mask[0])
+      if reader.video is not None:
+        samples, mask = (
+          {"video": frames, "audio": samples},
+          {"video": _pixels(frame_mask, frames), "audio": mask},
+        )
+        if not s:
+          del samples["audio"], mask["audio"]
+      one = reader.windows is None
+      inputs.append(jax.tree.map(lambda x: x[0], samples) if one else samples)
+      masks.append(jax.tree.map(lambda x: x[0], mask) if one else mask)
       labels.append(reader.label(example))
-    batch = {"inputs": np.stack(inputs), "input_mask": np.stack(masks), "label": np.stack(labels)}
+    batch = _stacked(inputs, masks, labels)
     batch["eval_mask"] = eval_mask
     yield batch

@@ -30,8 +30,21 @@ in segment-list order; features:
 - `audio`: bytes of int16 little-endian [L] mono at `sample_rate` (L <= 10 s; shorter clips as they are),
 - `labels`: bool [K] multi-hot over class_labels_indices.csv's order (index column),
 - `ytid` (text), `start_seconds` (float32).
-The video frames of the audio-visual model (the next issue) go in a version 2.0.0 with an added `video`
-feature (tfds.features.Video, from the same files through PyAV), read by the same index.
+
+With `video=True` (`--video`: the video and audio+video variants of configs/audioset.py) the same files'
+video is decoded too, into version 2.0.0 of the same config (`<rate>hz/2.0.0`; its own cache and lists in
+`audioset_clips_work/<rate>hz_video/`), whose examples add
+- `video`: the clip's frames at 25 fps (data/video_ops.decode: any container and codec PyAV reads, any
+  frame rate, size and aspect), scaled so that the short side is `short_side` pixels (256: room for the
+  Inception-style crop to 224 and the centre crop), each frame a JPEG (quality 90) [T] bytes. JPEG, not raw:
+  a 10 s clip is 65 MB raw at 256 x 341 against about 2-4 MB in JPEG (1.8M clips: 110 TB against a few TB),
+  and the reader decodes only the 32 frames of its window (docs/input_pipeline.md measures the cost).
+The audio and the frames are aligned in time: both streams start at their own start times in the
+container, and the head of the one that starts earlier is cut so that sample 0 and frame 0 are the same
+instant (a whole video is then cut to [start, end] in both). A clip without an audio stream is unreadable
+(the audio+video model needs both, and Table 3's columns are then measured on the same clips); one with
+no video stream or a video that cannot be decoded is counted, left out and listed in
+`<split>_no_video.txt` or `<split>_unreadable_video.txt`.
 """
 
 from __future__ import annotations
@@ -49,6 +62,8 @@ from etils import epath
 
 NAME = "audioset_clips"
 VERSION = "1.0.0"
+VIDEO_VERSION = "2.0.0"  # The same clips' audio and 25 fps frames (prepare_audioset(video=True)).
+JPEG_QUALITY = 90
 SPLITS = ("balanced_train", "unbalanced_train", "eval")
 CLASSES_CSV = "class_labels_indices.csv"
 HOWTO = (
@@ -67,14 +82,19 @@ def config_name(sample_rate: int) -> str:
   return f"{int(sample_rate)}hz"
 
 
-def dataset_dir(data_dir: str, sample_rate: int) -> epath.Path:
-  """Where the prepared TFDS files of `sample_rate` are: DATA_DIR/audioset_clips/<rate>hz/1.0.0."""
-  return epath.Path(data_dir) / NAME / config_name(sample_rate) / VERSION
+def dataset_dir(data_dir: str, sample_rate: int, video: bool = False) -> epath.Path:
+  """Where the prepared TFDS files of `sample_rate` are: DATA_DIR/audioset_clips/<rate>hz/1.0.0 (2.0.0)."""
+  return epath.Path(data_dir) / NAME / config_name(sample_rate) / (VIDEO_VERSION if video else VERSION)
 
 
-def work_dir(data_dir: str, sample_rate: int) -> epath.Path:
-  """The decode cache and the lists of missing and unreadable clips."""
-  return epath.Path(data_dir) / f"{NAME}_work" / config_name(sample_rate)
+def work_dir(data_dir: str, sample_rate: int, video: bool = False) -> epath.Path:
+  """The decode cache and the lists of missing and unreadable clips (`<rate>hz_video` with video)."""
+  return epath.Path(data_dir) / f"{NAME}_work" / (config_name(sample_rate) + ("_video" if video else ""))
+
+
+def problem_kinds(video: bool) -> tuple[str, ...]:
+  """The kinds of clips left out, each listed in `<split>_<kind>.txt`."""
+  return ("missing", "unreadable", "no_video", "unreadable_video") if video else ("missing", "unreadable")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,22 +207,78 @@ def decode(path: str) -> tuple[np.ndarray, int]:
 
 def load_clip(path: str, segment: Segment, sample_rate: int) -> np.ndarray:
   """The segment's audio, int16 [L] mono at `sample_rate`, at most its length (end - start)."""
-  from scipy import signal
-
   samples, rate = decode(path)
+  return _to_int16(*_cut(samples, rate, segment, 0.0), segment, sample_rate)[0]
+
+
+def _cut(samples: np.ndarray, rate: int, segment: Segment, head: float) -> tuple[np.ndarray, int, float]:
+  """(mono float64 from `head` seconds on, the rate, the segment's start in it: 0, or its start when the
+  file is the whole video: longer than the segment by more than a second and reaching its end)."""
   if samples.size == 0:
     raise ValueError("no samples")
-  mono = samples.mean(axis=1, dtype=np.float64)
+  mono = samples[int(round(head * rate)) :].mean(axis=1, dtype=np.float64)
   duration = segment.end - segment.start
-  if len(mono) > (duration + 1.0) * rate and len(mono) >= segment.end * rate:  # The whole video.
-    mono = mono[int(segment.start * rate) : int(segment.end * rate)]
+  whole = len(mono) > (duration + 1.0) * rate and len(mono) >= segment.end * rate
+  return mono, rate, segment.start if whole else 0.0
+
+
+def _to_int16(mono: np.ndarray, rate: int, start: float, segment: Segment, sample_rate: int):
+  """The segment [start, start + duration) of `mono`, resampled to `sample_rate`, as int16; and `start`."""
+  from scipy import signal
+
+  duration = segment.end - segment.start
+  if start:
+    mono = mono[int(start * rate) : int((start + duration) * rate)]
   if rate != sample_rate:
     g = math.gcd(int(sample_rate), rate)
     mono = signal.resample_poly(mono, int(sample_rate) // g, rate // g)
   mono = mono[: int(round(duration * sample_rate))]
   if not np.all(np.isfinite(mono)):
     raise ValueError("non-finite samples")
-  return np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
+  return np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16), start
+
+
+def _stream_starts(path: str) -> tuple[float, float]:
+  """(audio start, video start) in seconds on the container's clock (0 where a stream has none)."""
+  import av
+
+  def start(stream) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+  with av.open(path) as container:
+    audio, video = container.streams.audio, container.streams.video
+    return (start(audio[0]) if audio else 0.0), (start(video[0]) if video else 0.0)
+
+
+def load_av_clip(path: str, segment: Segment, sample_rate: int, short_side: int = 256):
+  """(audio int16 [L] as load_clip, frames uint8 [T, H, W, 3] at 25 fps from the same instant).
+
+  Raises:
+    ValueError: the audio cannot be read (as load_clip).
+    video_ops.VideoError: no video stream ('no video stream' in its message), or one that cannot be decoded.
+  """
+  from perceiver_jax.data import video_ops
+
+  samples, rate = decode(path)
+  try:
+    audio_start, video_start = _stream_starts(path)
+  except Exception:  # A file PyAV cannot open (soundfile read the audio): its video fails below.
+    audio_start = video_start = 0.0
+  lag = video_start - audio_start  # > 0: the picture starts later; the audio's head is cut.
+  audio, start = _to_int16(*_cut(samples, rate, segment, max(lag, 0.0)), segment, sample_rate)
+  # Whole frames: those before the audio's first sample (lag < 0), then the segment's start in the file.
+  first = max(int(round(-lag * video_ops.FPS)), 0) + int(round(start * video_ops.FPS))
+  length = int(round((segment.end - segment.start) * video_ops.FPS))
+  frames = video_ops.decode(path, video_ops.FPS, short_side, first / video_ops.FPS, length / video_ops.FPS)
+  return audio, frames[:length]
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+  from PIL import Image
+
+  out = io.BytesIO()
+  Image.fromarray(frame).save(out, format="JPEG", quality=JPEG_QUALITY)
+  return out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,10 +286,22 @@ def load_clip(path: str, segment: Segment, sample_rate: int) -> np.ndarray:
 
 
 def _decode_shard(
-  segments: Sequence[Segment], first: int, clips, classes: dict[str, int], sample_rate: int
+  segments: Sequence[Segment],
+  first: int,
+  clips,
+  classes: dict[str, int],
+  sample_rate: int,
+  short_side: int | None = None,
 ) -> dict[str, np.ndarray]:
-  audio, lengths, rows, problems = [], [], [], []
+  """The shard's arrays; `short_side` (not None): with each clip's frames as JPEGs (load_av_clip)."""
+  from perceiver_jax.data import video_ops
+
+  audio, lengths, rows, problems, jpegs, num_frames = [], [], [], [], [], []
   labels = np.zeros((len(segments), len(classes)), np.bool_)
+
+  def say(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else repr(error)
+
   for i, segment in enumerate(segments):
     where = f"{segment.ytid} {segment.start:.3f}"
     path = clip_path(segment, clips)
@@ -221,21 +309,36 @@ def _decode_shard(
       problems.append(f"missing\t{where}\tno file {segment.ytid}.* or {segment.ytid}_<start>.*")
       continue
     try:
-      clip = load_clip(path, segment, sample_rate)
+      if short_side is None:
+        clip = load_clip(path, segment, sample_rate)
+      else:
+        clip, frames = load_av_clip(path, segment, sample_rate, short_side)
+    except video_ops.VideoError as error:  # The audio was read: the video is what is wrong.
+      kind = "no_video" if "no video stream" in str(error) else "unreadable_video"
+      problems.append(f"{kind}\t{where}\t{path}: {say(error)}")
+      continue
     except Exception as error:  # Any decoder or resampler failure: the clip is left out, listed.
-      problems.append(f"unreadable\t{where}\t{path}: {str(error).splitlines()[0] if str(error) else error!r}")
+      problems.append(f"unreadable\t{where}\t{path}: {say(error)}")
       continue
     audio.append(clip)
     lengths.append(len(clip))
     rows.append(first + i)
     labels[i, [classes[m] for m in segment.mids if m in classes]] = True
-  return {
+    if short_side is not None:
+      jpegs += [np.frombuffer(_jpeg(frame), np.uint8) for frame in frames]
+      num_frames.append(len(frames))
+  arrays = {
     "audio": np.concatenate(audio) if audio else np.zeros(0, np.int16),
     "lengths": np.asarray(lengths, np.int64),
     "rows": np.asarray(rows, np.int64),
     "labels": labels[np.asarray(rows, np.int64) - first] if rows else np.zeros((0, len(classes)), np.bool_),
     "problems": np.asarray(problems, dtype=str),
   }
+  if short_side is not None:  # The JPEG bytes of every frame, one after another, and where they end.
+    arrays["jpeg"] = np.concatenate(jpegs) if jpegs else np.zeros(0, np.uint8)
+    arrays["jpeg_lengths"] = np.asarray([len(j) for j in jpegs], np.int64)
+    arrays["num_frames"] = np.asarray(num_frames, np.int64)
+  return arrays
 
 
 def _load_npz(path: epath.Path, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -253,8 +356,12 @@ def cache_split(
   folder: epath.Path,
   clips_per_shard: int,
   log=print,
+  short_side: int | None = None,
 ) -> tuple[list[epath.Path], int]:
-  """Decodes the absent shards of a split into `folder`; returns (all shard paths, shards decoded now)."""
+  """Decodes the absent shards of a split into `folder`; returns (all shard paths, shards decoded now).
+
+  `short_side` (not None): the clips' video too, frames of that short side (prepare_audioset's `video`).
+  """
   folder.mkdir(parents=True, exist_ok=True)
   paths, decoded = [], 0
   for shard, first in enumerate(range(0, len(segments), clips_per_shard)):
@@ -262,7 +369,8 @@ def cache_split(
     paths.append(path)
     if path.exists():
       continue
-    arrays = _decode_shard(segments[first : first + clips_per_shard], first, clips, classes, sample_rate)
+    part = segments[first : first + clips_per_shard]
+    arrays = _decode_shard(part, first, clips, classes, sample_rate, short_side)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     tmp = folder / f".{path.name}.tmp"
@@ -277,17 +385,24 @@ def _cached_examples(paths: Sequence[epath.Path], segments: Sequence[Segment]) -
   for path in paths:
     z = _load_npz(path)
     ends = np.cumsum(z["lengths"])
-    for row, end, length, labels in zip(z["rows"], ends, z["lengths"], z["labels"], strict=True):
+    if "jpeg" in z:  # Frame f of the shard is jpeg[jpeg_ends[f] - jpeg_lengths[f] : jpeg_ends[f]].
+      jpeg_ends, frame_ends = np.cumsum(z["jpeg_lengths"]), np.cumsum(z["num_frames"])
+    for c, (row, end, length, labels) in enumerate(
+      zip(z["rows"], ends, z["lengths"], z["labels"], strict=True)
+    ):
       segment = segments[int(row)]
-      yield (
-        int(row),
-        {
-          "audio": z["audio"][end - length : end].astype("<i2").tobytes(),
-          "labels": labels,
-          "ytid": segment.ytid,
-          "start_seconds": np.float32(segment.start),
-        },
-      )
+      example = {
+        "audio": z["audio"][end - length : end].astype("<i2").tobytes(),
+        "labels": labels,
+        "ytid": segment.ytid,
+        "start_seconds": np.float32(segment.start),
+      }
+      if "jpeg" in z:
+        frames = range(frame_ends[c] - z["num_frames"][c], frame_ends[c])
+        example["video"] = [
+          z["jpeg"][jpeg_ends[f] - z["jpeg_lengths"][f] : jpeg_ends[f]].tobytes() for f in frames
+        ]
+      yield int(row), example
 
 
 def _problems(paths: Sequence[epath.Path]) -> list[str]:
@@ -305,11 +420,14 @@ def prepare_audioset(
   sample_rate: int = 48_000,
   clips_per_shard: int = 100,
   log=print,
+  video: bool = False,
+  short_side: int = 256,
 ) -> tuple[epath.Path, dict[str, int], dict[str, dict[str, int]]]:
   """Builds (or completes) `audioset_clips/<rate>hz` in `data_dir` from `manual_dir`.
 
   `splits`: segment lists to prepare (None: every one of SPLITS whose CSV is there).
-  Returns (the dataset's directory, {split: clips prepared}, {split: {'missing': n, 'unreadable': n}}).
+  `video`: version 2.0.0, the clips' frames too (25 fps, short side `short_side` pixels, JPEG).
+  Returns (the dataset's directory, {split: clips prepared}, {split: {kind: n}} over problem_kinds(video)).
 
   Raises:
     FileNotFoundError: `manual_dir` is missing or lacks the CSVs asked for (the message says what to do).
@@ -317,8 +435,11 @@ def prepare_audioset(
   unknown = set(splits or ()) - set(SPLITS)
   if unknown or splits == ():
     raise ValueError(f"splits {sorted(unknown) or splits} must be among {SPLITS}.")
-  if int(sample_rate) <= 0 or clips_per_shard <= 0:
-    raise ValueError(f"sample_rate={sample_rate} and clips_per_shard={clips_per_shard} must be positive.")
+  if int(sample_rate) <= 0 or clips_per_shard <= 0 or short_side <= 0:
+    raise ValueError(
+      f"sample_rate={sample_rate}, clips_per_shard={clips_per_shard} and short_side={short_side} must be "
+      "positive."
+    )
   manual = epath.Path(manual_dir)
   if not manual.is_dir():
     raise FileNotFoundError(f"--manual_dir={manual_dir!r} is not a directory. {HOWTO}")
@@ -331,8 +452,8 @@ def prepare_audioset(
     raise FileNotFoundError(f"--manual_dir={manual_dir!r} has no {', '.join(absent)}. {HOWTO}")
   mids = read_classes(csvs[CLASSES_CSV])
   classes = {mid: i for i, mid in enumerate(mids)}
-  work = work_dir(data_dir, sample_rate)
-  out = dataset_dir(data_dir, sample_rate)
+  work = work_dir(data_dir, sample_rate, video)
+  out = dataset_dir(data_dir, sample_rate, video)
   prepared = _prepared_splits(out)
   splits = [s for s in SPLITS if s in splits or s in prepared]  # Earlier runs' splits are kept.
   segments, shards, counts, decoded = {}, {}, {}, 0
@@ -341,12 +462,13 @@ def prepare_audioset(
       raise FileNotFoundError(f"{split} was prepared before, but {manual_dir} has no {split}_segments.csv.")
     segments[split] = read_segments(csvs[f"{split}_segments.csv"])
     shards[split], now = cache_split(
-      split, segments[split], clips, classes, sample_rate, work / split, clips_per_shard, log
-    )
+      split, segments[split], clips, classes, sample_rate, work / split, clips_per_shard, log,
+      short_side if video else None,
+    )  # fmt: skip
     decoded += now
     problems = _problems(shards[split])
-    for kind in ("missing", "unreadable"):
-      listed = [p.split("\t", 1)[1] for p in problems if p.startswith(kind)]
+    for kind in problem_kinds(video):
+      listed = [p.split("\t", 1)[1] for p in problems if p.split("\t", 1)[0] == kind]
       (work / f"{split}_{kind}.txt").write_text("".join(f"{line}\n" for line in listed))
       counts.setdefault(split, {})[kind] = len(listed)
   sizes = {s: len(segments[s]) - sum(counts[s].values()) for s in splits}
@@ -354,7 +476,7 @@ def prepare_audioset(
     log(f"{out} already holds {sizes}: nothing to do.")
     return out, sizes, counts
   sources = {s: (shards[s], segments[s]) for s in splits}
-  _write_tfds(data_dir, sample_rate, len(mids), sources, out, manual_dir)
+  _write_tfds(data_dir, sample_rate, len(mids), sources, out, manual_dir, video)
   return out, sizes, counts
 
 
@@ -368,7 +490,9 @@ def _prepared_splits(out: epath.Path) -> dict[str, int]:
   return {name: split.num_examples for name, split in info.splits.items()}
 
 
-def _write_tfds(data_dir, sample_rate, num_classes, sources, out: epath.Path, manual_dir: str) -> None:
+def _write_tfds(
+  data_dir, sample_rate, num_classes, sources, out: epath.Path, manual_dir: str, video: bool = False
+) -> None:
   import tensorflow as tf
   import tensorflow_datasets as tfds
 
@@ -383,16 +507,20 @@ def _write_tfds(data_dir, sample_rate, num_classes, sources, out: epath.Path, ma
       "labels": tfds.features.Tensor(shape=(num_classes,), dtype=np.bool_),
       "ytid": tfds.features.Text(),
       "start_seconds": tfds.features.Scalar(dtype=np.float32),
+      # The frames' JPEG bytes [T]: the reader decodes only those of its window (PIL), not the clip.
+      **({"video": tfds.features.Tensor(shape=(None,), dtype=np.object_)} if video else {}),
     }
   )
   tfds.dataset_builders.store_as_tfds_dataset(
     name=NAME,
-    version=VERSION,
+    version=VIDEO_VERSION if video else VERSION,
     config=config_name(sample_rate),
     features=features,
     split_datasets={s: _cached_examples(paths, segments) for s, (paths, segments) in sources.items()},
     data_dir=data_dir,
-    description=f"AudioSet clips from {manual_dir}, mono int16 at {sample_rate} Hz (perceiver_jax).",
+    description=f"AudioSet clips from {manual_dir}, mono int16 at {sample_rate} Hz"
+    + (", frames at 25 fps as JPEG" if video else "")
+    + " (perceiver_jax).",
     file_format="array_record",  # Random access: the reader indexes clips (shares.py), as sounds.py.
     disable_shuffling=True,  # Segment-list order.
   )
@@ -471,5 +599,99 @@ def write_fake_audioset(
         _write_m4a(os.fspath(path.with_suffix(".m4a")), samples, rate)
       else:
         soundfile.write(os.fspath(path), samples, rate)
+    (root / f"{split}_segments.csv").write_text("\n".join(lines) + "\n")
+  return facts
+
+
+def _write_video(
+  path: str, seconds: float, size: tuple[int, int], samples, rate: int, kind: str, broken: bool = False
+) -> None:
+  """A 30 fps clip of `size` (W, H) through PyAV: frame k a grey of level 40 + 60 k / 30 (its time) with a
+  bright square moving across; `samples` float32 [n, 1] (None: no audio stream). `kind`: 'mp4' (H.264 and
+  AAC), 'webm' (VP8 and Opus) or 'mkv' (MPEG-4 part 2 and AAC). `broken`: the video packets random bytes
+  (a stream no decoder reads), the audio sound."""
+  from fractions import Fraction
+
+  import av
+
+  codec, audio_codec = {"mp4": ("libx264", "aac"), "webm": ("libvpx", "libopus"), "mkv": ("mpeg4", "aac")}[
+    kind
+  ]
+  w, h = size
+  with av.open(path, "w") as out:
+    video = out.add_stream(codec, rate=30)
+    video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+    if kind == "webm":  # libvpx's default (best quality) takes a second a clip.
+      video.options = {"deadline": "realtime", "cpu-used": "8"}
+    if samples is not None:
+      audio = out.add_stream(audio_codec, rate=rate)
+      audio.layout = "mono"
+    for k in range(int(round(seconds * 30))):
+      if broken:
+        packet = av.Packet(np.random.default_rng(k).integers(0, 256, 2000, np.uint8).tobytes())
+        packet.stream, packet.time_base, packet.pts, packet.dts = video, Fraction(1, 30), k, k
+        out.mux(packet)
+        continue
+      image = np.full((h, w, 3), 40 + 60 * k / 30, np.uint8)
+      x = int((w - 16) * k / max(seconds * 30 - 1, 1))
+      image[h // 8 : h // 8 + 16, x : x + 16] = (250, 200, 30)
+      for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        out.mux(packet)
+    if not broken:
+      out.mux(video.encode(None))
+    if samples is not None:
+      frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T), format="fltp", layout="mono")
+      frame.sample_rate = rate
+      for packet in [*audio.encode(frame), *audio.encode(None)]:
+        out.mux(packet)
+
+
+def write_fake_video_audioset(
+  manual_dir: str,
+  num_classes: int = 5,
+  sizes: dict[str, int] | None = None,
+  seconds: float = 2.0,
+  seed: int = 0,
+) -> dict[str, list[str]]:
+  """CSVs and 30 fps video clips under `manual_dir` (segments of `seconds`); returns the YTIDs by case.
+
+  Clip i of a split: i % 8 = 0 an .mp4 (H.264, AAC) of 320 x 240; 1 a portrait .webm (VP8, Opus) of
+  240 x 320; 2 a short .mkv (MPEG-4, AAC; 60% of the segment); 3 an .mp4 without audio (`no_audio`);
+  4 a broken .mkv (its video packets random bytes, its audio sound: `broken`); 5 audio alone in .m4a
+  (`no_video`); 6 the whole video, longer, the segment a part of it from 1 s on (`whole`); 7 a portrait
+  .mp4. Each holds one or two classes: tones (fake_clip) in the sound; in the picture a grey that brightens
+  with time (level 40 + 60 t).
+  """
+  sizes = sizes or {"balanced_train": 8, "eval": 4}
+  root = epath.Path(manual_dir)
+  (root / "video").mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  (root / CLASSES_CSV).write_text(
+    "index,mid,display_name\n" + "".join(f"{k},/m/c{k},class {k}\n" for k in range(num_classes))
+  )
+  facts = {"no_audio": [], "broken": [], "no_video": [], "short": [], "whole": [], "portrait": []}
+  for split, count in sizes.items():
+    lines = ["# Segments csv (fake)", f"# num_ytids={count}", "# YTID, start_seconds, end_seconds, mids"]
+    for i in range(count):
+      case = i % 8
+      ytid = f"v{split[:2]}{i:03d}".ljust(_YTID, "x")
+      start = 1.0 if case == 6 else 0.0
+      labels = sorted(rng.choice(num_classes, size=1 + i % 2, replace=False).tolist())
+      lines.append(f'{ytid}, {start:.3f}, {start + seconds:.3f}, "{",".join(f"/m/c{k}" for k in labels)}"')
+      kind = {1: "webm", 2: "mkv", 4: "mkv"}.get(case, "mp4")
+      rate = 48_000 if kind == "webm" else 16_000
+      length = seconds * (0.6 if case == 2 else 1.0) + (2.0 if case == 6 else 0.0)
+      size = (240, 320) if case in (1, 7) else (320, 240)
+      samples = None if case == 3 else fake_clip(rng, labels, length, rate, 1)
+      path = os.fspath(root / "video" / f"{ytid}.{kind}")
+      for name, when in (("short", 2), ("no_audio", 3), ("broken", 4), ("no_video", 5), ("whole", 6)):
+        if case == when:
+          facts[name].append(ytid)
+      if case in (1, 7):
+        facts["portrait"].append(ytid)
+      if case == 5:
+        _write_m4a(os.fspath(root / "video" / f"{ytid}.m4a"), samples, rate)
+        continue
+      _write_video(path, length, size, samples, rate, kind, broken=case == 4)
     (root / f"{split}_segments.csv").write_text("\n".join(lines) + "\n")
   return facts

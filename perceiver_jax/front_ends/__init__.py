@@ -27,6 +27,7 @@ from perceiver_jax.front_ends.images import ConvImageFrontEnd, ImageFrontEnd
 from perceiver_jax.front_ends.multimodal import MultimodalFrontEnd
 from perceiver_jax.front_ends.points import PointsFrontEnd
 from perceiver_jax.front_ends.sequences import SequenceFrontEnd
+from perceiver_jax.front_ends.video import VideoFrontEnd
 
 FRONT_ENDS: dict[str, type[hk.Module]] = {
   "audio": AudioFrontEnd,
@@ -36,4 +37,5 @@ FRONT_ENDS: dict[str, type[hk.Module]] = {
   "sequence": SequenceFrontEnd,
   "points": PointsFrontEnd,
   "image_conv": ConvImageFrontEnd,
+  "video": VideoFrontEnd,
 }

@@ -6,6 +6,15 @@ learned vector of its modality (the modality embedding, [C - C_i], the same for 
 modalities are concatenated along the tokens in sorted name order: [B, sum_i M_i, C]. Token masks follow:
 a modality without a mask counts all its tokens real; the result has no mask if no modality has one.
 Per-example keys are folded with the modality's position, so that modalities draw independent randomness.
+`is_training` reaches every modality's front end that takes it (SpecAugment, BatchNorm).
+
+Modality dropout (`modality_dropout = {name: p}`, training only): the whole stream of that modality of an
+example is zeroed with probability p before its front end, a Bernoulli draw from the example's key (folded
+with a number no modality's key uses), so that the model learns to answer from the other modalities. The
+paper's audio+video model zeroes the video with p = 0.3; its tuned mel model also drops the spectrogram with
+p = 0.1 (its raw samples are zeroed, so the spectrogram is one constant: no information, as a zeroed video).
+Tokens keep their position features and modality embedding; the mask is unchanged, so that an example whose
+every stream is dropped still has tokens to attend to.
 
 The front ends of the modalities are built by the caller (training.build, from `config.input.modalities`)
 and handed in as factories `name -> Haiku module`, so that they live under this module's name.
@@ -13,6 +22,7 @@ and handed in as factories `name -> Haiku module`, so that they live under this 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 
 import haiku as hk
@@ -30,8 +40,10 @@ class MultimodalFrontEnd(hk.Module):
     input_shape: Mapping[str, tuple[int, ...]],
     front_ends: Mapping[str, Callable[[str], hk.Module]],
     min_padding_size: int = 2,
+    modality_dropout: Mapping[str, float] | None = None,
     name: str | None = None,
   ):
+    """`modality_dropout`: {modality: probability of zeroing its whole stream of an example in training}."""
     super().__init__(name=name)
     if set(input_shape) != set(front_ends) or not front_ends:
       raise ValueError(
@@ -41,10 +53,28 @@ class MultimodalFrontEnd(hk.Module):
     if min_padding_size < 0:
       raise ValueError(f"input.min_padding_size={min_padding_size} must be >= 0.")
     self.names = sorted(front_ends)
+    self.modality_dropout = dict(modality_dropout or {})
+    unknown = set(self.modality_dropout) - set(self.names)
+    bad = {k: p for k, p in self.modality_dropout.items() if not 0.0 <= p < 1.0}
+    if unknown or bad:
+      raise ValueError(
+        f"input.modality_dropout={self.modality_dropout} must map modalities of {self.names} to a "
+        "probability in [0, 1)."
+      )
     self.front_ends = front_ends
     self.min_padding_size = min_padding_size
 
-  def __call__(self, inputs, *, input_mask=None, example_keys=None):
+  def dropped(self, name: str, example_keys, batch_size: int):
+    """bool [B]: the examples whose `name` stream is zeroed (training only)."""
+    p = self.modality_dropout.get(name, 0.0)
+    if not p:
+      return jnp.zeros((batch_size,), bool)
+    if example_keys is None:
+      raise ValueError(f"input.modality_dropout.{name} needs example_keys, one key per example.")
+    salt = len(self.names) + self.names.index(name)  # No modality's own keys are folded with it.
+    return jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, salt), p))(example_keys)
+
+  def __call__(self, inputs, *, input_mask=None, example_keys=None, is_training: bool = False):
     """inputs {name: [B, ...]}, input_mask {name: bool [B, ...]} (masked modalities) or None.
 
     Returns (tokens [B, M, C], token_mask bool [B, M] or None).
@@ -57,8 +87,14 @@ class MultimodalFrontEnd(hk.Module):
       keys = None
       if example_keys is not None:
         keys = jax.vmap(lambda k, p=position: jax.random.fold_in(k, p))(example_keys)
+      x = inputs[name]
+      if is_training and self.modality_dropout.get(name):
+        drop = self.dropped(name, example_keys, x.shape[0]).reshape(-1, *[1] * (x.ndim - 1))
+        x = jnp.where(drop, jnp.zeros_like(x), x)
       front_end = self.front_ends[name](name)
-      outputs.append(front_end(inputs[name], input_mask=masks.get(name), example_keys=keys))
+      takes = "is_training" in inspect.signature(type(front_end).__call__).parameters
+      flag = {"is_training": is_training} if takes else {}
+      outputs.append(front_end(x, input_mask=masks.get(name), example_keys=keys, **flag))
     width = max(t.shape[-1] for t, _ in outputs) + self.min_padding_size
     tokens, token_masks = [], []
     for name, (t, m) in zip(self.names, outputs, strict=True):

@@ -23,6 +23,7 @@ from absl import logging
 from etils import epath
 
 from perceiver_jax.models import canonical_name
+from perceiver_jax.tools import table3
 from perceiver_jax.training import run_files
 
 DASH = "—"
@@ -496,7 +497,10 @@ def report(
 ) -> list[tuple[str, Table, str, str]]:
   """(dataset, table, Markdown, CSV) for Tables 1 and 2 of every dataset with runs (ImageNet if none) and
   for each ablation table with at least one ImageNet run."""
-  datasets = sorted({r.dataset for r in runs}) or [ABLATION_DATASET]
+  # Datasets of multi-label runs only (sound, video) have Table 3 (table3.py), not Tables 1 and 2.
+  datasets = sorted({r.dataset for r in runs if r.task == "single_label"}) or (
+    [] if runs else [ABLATION_DATASET]
+  )
   out = []
   for dataset in datasets:
     for table in tables_for([r for r in runs if r.dataset == dataset]):
@@ -562,6 +566,9 @@ def write_report(runs: Sequence[FinishedRun], out_dir: str, gflops_fn: GflopsFn 
   for dataset, table, markdown, table_csv in report(runs, gflops_fn):
     parts.append(markdown)
     (out / f"{table.key}_{dataset}.csv").write_text(table_csv)
+  for dataset, markdown, table_csv in table3.report(runs):  # AudioSet's mAP (Table 3), from sound runs.
+    parts.append(markdown)
+    (out / f"table3_{dataset}.csv").write_text(table_csv)
   for dataset in sorted({r.dataset for r in runs}):
     plot_curves([r for r in runs if r.dataset == dataset], os.fspath(out / f"curves_{dataset}.png"), dataset)
   markdown = "\n".join(parts)

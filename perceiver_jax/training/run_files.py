@@ -56,6 +56,7 @@ EVAL_CHANGES = (
   "dataset.eval_windows",
   "dataset.download",
   "dataset.manual_dir",
+  "dataset.blank_streams",
   "train.eval_batch_size",
   "model.attention_impl",
   "model.cross_attention_chunk_size",
