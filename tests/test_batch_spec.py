@@ -213,3 +213,15 @@ def test_two_modalities_multi_label_train_resume_and_evaluate(config_loader, tmp
   assert evaluated["eval"]["mAP"] == pytest.approx(whole["eval"]["mAP"], rel=1e-5)  # Another batch size.
   with pytest.raises(ValueError, match="--config.model.num_latents would change the model"):
     train.evaluate_run(str(workdir), {"model.num_latents": 4})
+
+
+def test_compile_tpu_gives_the_eval_step_as_many_forward_passes_per_device_as_the_train_step(config_loader):
+  config = toy_config(config_loader, task="single_label")
+  assert compile_tpu.eval_batch_size(config, 64, 8) == 64  # One window: the train batch.
+  with config.unlocked():
+    config.dataset.eval_windows = 4
+  assert compile_tpu.eval_batch_size(config, 64, 8) == 16  # 16 examples of 4 windows: 64 passes.
+  config.dataset.eval_windows = 16
+  assert compile_tpu.eval_batch_size(config, 64, 8) == 8  # At least one example per device.
+  stepped = compile_tpu.step_config(config, 64, 8)
+  assert (stepped.train.global_batch_size, stepped.train.eval_batch_size) == (64, 8)

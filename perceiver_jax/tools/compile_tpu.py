@@ -6,7 +6,8 @@ replicated state and a batch sharded over the mesh, compiles them with the TPU c
 flat dict: per-chip memory (from XLA's memory analysis of the compiled program), whether it fits the
 chip's HBM, compile times, and the step's matrix-product FLOPs with every repeat counted (from the traced
 step, `flops.jaxpr_matmul_flops`: XLA's cost analysis counts a loop body once, and a TPU lowering has no
-cost analysis without a TPU).
+cost analysis without a TPU). The eval step is compiled at as many forward passes per device as the train
+step (`eval_batch_size`: an AudioSet eval clip is 16 windows, so 1/16 of the train batch's clips).
 
 A program that does not fit is not an error here: the TPU compiler's out-of-memory report is read for the
 memory it needed, and the result says `fits: False` with one line of advice (`advice`).
@@ -110,11 +111,23 @@ def num_chips(name: str) -> int:
     raise TopologyError(f"Topology {name!r} has no chip grid 'AxB' or 'AxBxC' after the ':'.") from None
 
 
-def step_config(config: ml_collections.ConfigDict, global_batch: int) -> ml_collections.ConfigDict:
-  """`config` with train and eval batch `global_batch` (a copy)."""
+def eval_batch_size(config: ml_collections.ConfigDict, global_batch: int, devices: int) -> int:
+  """The eval batch compiled beside a train batch of `global_batch`: as many forward passes per device.
+
+  An eval example of W windows (`dataset.eval_windows`, e.g. AudioSet's 16) is W forward passes, so the eval
+  batch is global_batch / W examples, rounded down to a multiple of the devices, at least one per device.
+  """
+  windows = spec.eval_windows(config) or 1
+  return max(devices, global_batch // windows // devices * devices)
+
+
+def step_config(
+  config: ml_collections.ConfigDict, global_batch: int, devices: int = 1
+) -> ml_collections.ConfigDict:
+  """`config` with train batch `global_batch` and the eval batch of `eval_batch_size` (a copy)."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.train.global_batch_size = global_batch
-  config.train.eval_batch_size = global_batch
+  config.train.eval_batch_size = eval_batch_size(config, global_batch, devices)
   return config
 
 
@@ -126,7 +139,8 @@ def abstract_inputs(trainer: train.Trainer, global_batch: int):
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
 
   def laid_out(split: str):  # The batch spec's (masks and the label's form included), split over the mesh.
-    batch = spec.batch_spec(config, global_batch, split)
+    size = global_batch if split == "train" else config.train.eval_batch_size
+    batch = spec.batch_spec(config, size, split)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shard), batch)
 
   index = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
@@ -221,7 +235,10 @@ def compile_for_topology(
   hbm = HBM_GB_PER_CHIP.get(kind)
   global_batch = per_chip_batch * chips
   trainer = train.Trainer(
-    step_config(config, global_batch), mesh=parallel.make_mesh(devices), total_steps=1000, platform=kernels
+    step_config(config, global_batch, len(devices)),
+    mesh=parallel.make_mesh(devices),
+    total_steps=1000,
+    platform=kernels,
   )
   state, batch, eval_batch, index = abstract_inputs(trainer, global_batch)
 
