@@ -4,7 +4,9 @@
 
 W is a finished run of experiments/train.py; see docs/visualize.md for what the pictures show. A point-cloud
 run (input.front_end=points, any model) gets its clouds and, for a Perceiver, at most 4 latents' attention
-over the points (perceiver_jax.tools.visualize_points).
+over the points (perceiver_jax.tools.visualize_points). A sound run (input.front_end=audio or mel) gets each
+clip's waveform or log-mel spectrogram with at most 4 latents' attention over time
+(perceiver_jax.tools.visualize_audio).
 """
 
 import os
@@ -14,7 +16,7 @@ from absl import app, flags
 from etils import epath
 
 from perceiver_jax import cli
-from perceiver_jax.tools import visualize, visualize_points
+from perceiver_jax.tools import visualize, visualize_audio, visualize_points
 from perceiver_jax.training import train
 
 _WORKDIR = flags.DEFINE_string(
@@ -38,6 +40,14 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
       sys.exit(f"visualize: {e}")
     index = visualize_points.visualize_run(run, out, _EXAMPLES.value, min(_LATENTS.value, 4), workdir=workdir)
+    print(f"Wrote {index}")
+    return
+  if visualize_audio.is_audio_workdir(workdir):
+    try:
+      run = visualize.load(workdir)
+    except (FileNotFoundError, ValueError) as e:
+      sys.exit(f"visualize: {e}")
+    index = visualize_audio.visualize_run(run, out, _EXAMPLES.value, min(_LATENTS.value, 4), workdir=workdir)
     print(f"Wrote {index}")
     return
   try:
