@@ -167,7 +167,9 @@ def draw_clip(
   else:
     step, length = config.input.frame_step, config.input.frame_length
     extent = (0.0, ((spectrogram.shape[0] - 1) * step + length) * scale, 0, spectrogram.shape[1])
-    axes[0].imshow(spectrogram.T, origin="lower", aspect="auto", extent=extent, cmap="magma")
+    axes[0].imshow(
+      spectrogram.T, origin="lower", aspect="auto", extent=extent, cmap="magma", interpolation="nearest"
+    )
     axes[0].set_ylabel("log-mel band", fontsize=7)
     end = max(end, extent[1])
   axes[0].set_title(title, fontsize=9)
@@ -181,9 +183,27 @@ def draw_clip(
         ax.set_ylim(0, max(float(w[n].max()), 1e-12) * 1.05)
       else:
         # Each map on its own scale, 0 to its maximum (as the image maps).
-        ax.imshow(w[n].T, origin="lower", aspect="auto", extent=extent, cmap="viridis", vmin=0.0)
+        ax.imshow(
+          w[n].T,
+          origin="lower",
+          aspect="auto",
+          extent=extent,
+          cmap="viridis",
+          vmin=0.0,
+          interpolation="nearest",
+        )
       ax.set_ylabel(f"{name}\nlatent {n}", fontsize=7)
-      ax.text(0.995, 0.92, f"max {w[n].max():.3f}", transform=ax.transAxes, ha="right", va="top", fontsize=6)
+      colour = "black" if spectrogram is None else "white"
+      ax.text(
+        0.995,
+        0.92,
+        f"max {w[n].max():.3f}",
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=6,
+        color=colour,
+      )
       row += 1
   for ax in axes:
     ax.tick_params(labelsize=6)
