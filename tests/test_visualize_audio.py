@@ -102,6 +102,7 @@ def check_drawn_weights_are_the_models(run, seen):
       assert got.max() > 2.0 / real[b].sum()  # Not uniform: the picture shows something.
 
 
+@pytest.mark.slow
 def test_raw_audio_picture_draws_the_models_attention_over_time(tmp_path, monkeypatch):
   run = initialised_run(tiny_config("raw"))
   index, seen = draw(run, tmp_path / "pictures", monkeypatch)
@@ -110,6 +111,7 @@ def test_raw_audio_picture_draws_the_models_attention_over_time(tmp_path, monkey
   assert "waveform" in index and "patches of 32 samples" in index
 
 
+@pytest.mark.slow
 def test_mel_picture_draws_the_spectrogram_and_the_models_attention(tmp_path, monkeypatch):
   config = tiny_config("mel")
   config.input.update(num_mel_bins=16, frame_step=256)  # 16 frames x 16 bands: 256 tokens.

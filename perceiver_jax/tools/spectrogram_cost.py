@@ -36,7 +36,7 @@ def _mel_settings(config: ml_collections.ConfigDict) -> tuple[int, Any]:
     raise ValueError(
       f"The spectrogram's cost needs a mel config; input.front_end={config.input.front_end!r}."
     )
-  return int(config.dataset.inputs.shape[0]), config.input
+  return int(build.input_spec(config).shape[0]), config.input
 
 
 def host_log_mel(config: ml_collections.ConfigDict):

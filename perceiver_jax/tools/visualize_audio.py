@@ -163,9 +163,9 @@ def draw_clip(
   if spectrogram is None:
     axes[0].plot(np.arange(num_samples) * scale, clip[:, 0], linewidth=0.4, color="black")
     axes[0].set_ylabel("waveform", fontsize=7)
-    edges = np.arange(weights[0].shape[-1] + 1) * config.input.samples_per_patch * scale
+    edges = np.arange(weights[0].shape[-1] + 1) * config.input.get("samples_per_patch") * scale
   else:
-    step, length = config.input.frame_step, config.input.frame_length
+    step, length = config.input.get("frame_step"), config.input.get("frame_length")
     extent = (0.0, ((spectrogram.shape[0] - 1) * step + length) * scale, 0, spectrogram.shape[1])
     axes[0].imshow(
       spectrogram.T, origin="lower", aspect="auto", extent=extent, cmap="magma", interpolation="nearest"
