@@ -15,6 +15,10 @@ the paper is silent):
   paper's 4,800 inputs; the window, hop, bands and range are ours. 2-D Fourier features, 32 bands per axis,
   max_resolution (50, 96): ours. SpecAugment (paper: on, settings silent): 2 time masks of up to 5 frames
   and 2 frequency masks of up to 10 bands: ours. log_mel_mean/std: ours, to be measured on the data.
+  The spectrogram is computed on the device, in the train step (ours): compiled alone for a v5e chip, 8
+  clips cost 0.81 GFLOP and 0.26 GB accessed, 0.03% of the step's FLOPs and at most 0.4% of its bytes,
+  where tf.signal on the host makes 730-1,030 clips/s per core against the 819 clips/s a 4-chip v5e host
+  trains on at 40% of peak: about a core per host (README, Sound; scripts/spectrogram_cost.py).
 - optimizer: LAMB, weight decay 0.1, clip 10, b1 0.9, b2 0.999: ImageNet's recipe. Learning rate 2e-3 with
   a 1,000-step warmup and cosine decay: ours (the paper is silent on rate, schedule and batch).
 - train: 100 epochs: paper. global_batch_size 512: ours. An epoch: dataset.num_train_examples = 1,771,873,

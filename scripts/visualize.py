@@ -6,7 +6,9 @@ W is a finished run of experiments/train.py; see docs/visualize.md for what the 
 run (input.front_end=points, any model) gets its clouds and, for a Perceiver, at most 4 latents' attention
 over the points (perceiver_jax.tools.visualize_points). A run fed video (input.front_end=video, or multimodal
 with a video modality) gets a few frames of its clips with where some latents look in space and time, and
-with several modalities how much attention each gets (perceiver_jax.tools.visualize_video).
+with several modalities how much attention each gets (perceiver_jax.tools.visualize_video). A sound run
+(input.front_end=audio or mel) gets each clip's waveform or log-mel spectrogram with at most 4 latents'
+attention over time (perceiver_jax.tools.visualize_audio).
 """
 
 import os
@@ -16,7 +18,7 @@ from absl import app, flags
 from etils import epath
 
 from perceiver_jax import cli
-from perceiver_jax.tools import visualize, visualize_points, visualize_video
+from perceiver_jax.tools import visualize, visualize_audio, visualize_points, visualize_video
 from perceiver_jax.training import train
 
 _WORKDIR = flags.DEFINE_string(
@@ -48,6 +50,14 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
       sys.exit(f"visualize: {e}")
     print(f"Wrote {visualize_video.visualize_run(run, out, min(_EXAMPLES.value, 8), workdir=workdir)}")
+    return
+  if visualize_audio.is_audio_workdir(workdir):
+    try:
+      run = visualize.load(workdir)
+    except (FileNotFoundError, ValueError) as e:
+      sys.exit(f"visualize: {e}")
+    index = visualize_audio.visualize_run(run, out, _EXAMPLES.value, min(_LATENTS.value, 4), workdir=workdir)
+    print(f"Wrote {index}")
     return
   try:
     run = visualize.load(workdir)
