@@ -24,9 +24,9 @@ does not depend on the process count, and a resumed run sees the data an uninter
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -164,27 +164,23 @@ def example(config: ml_collections.ConfigDict, split: str, index: int) -> dict:
 
 
 def _batch(config, split: str, indices) -> dict:
-  examples = [example(config, split, int(i)) for i in indices]
-  return jax.tree.map(lambda *xs: np.stack(xs), *examples)
+  return shares.stacked(lambda i: example(config, split, i), indices)
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Iterator[dict]:
-  global_batch = config.train.global_batch_size
-  local, offset = shares.local_share(global_batch)
-  step = start_step
-  while True:
-    first = step * global_batch + offset
-    yield _batch(config, "train", range(first, first + local))
-    step += 1
+  make = functools.partial(_batch, config, "train")
+  return shares.indexed_train_batches(make, config.train.global_batch_size, start_step)
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict]:
   blank = tuple(config.dataset.blank_streams or ())
   if set(blank) - {"audio", "video"}:
     raise ValueError(f"dataset.blank_streams={blank} may name 'audio' and 'video' only.")
-  for index, mask in shares.eval_positions(num_examples(config, "eval"), config.train.eval_batch_size):
-    batch = _batch(config, "eval", index)
+
+  def make(indices) -> dict:
+    batch = _batch(config, "eval", indices)
     for name in blank:
       batch["inputs"][name] = np.zeros_like(batch["inputs"][name])
-    batch["eval_mask"] = mask
-    yield batch
+    return batch
+
+  return shares.indexed_eval_batches(make, num_examples(config, "eval"), config.train.eval_batch_size)

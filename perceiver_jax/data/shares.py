@@ -7,7 +7,7 @@ index, and resumed or re-sharded runs read the same examples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -48,3 +48,34 @@ def eval_positions(n: int, global_batch_size: int) -> Iterator[tuple[np.ndarray,
   for start in range(0, n, global_batch_size):
     index = np.arange(start + offset, start + offset + local)
     yield np.minimum(index, n - 1), index < n
+
+
+def stacked(make_example: Callable[[int], dict], indices) -> dict:
+  """The examples with these global indices, stacked leaf by leaf: a batch [len(indices), ...]."""
+  return jax.tree.map(lambda *xs: np.stack(xs), *[make_example(int(i)) for i in indices])
+
+
+def indexed_train_batches(
+  make_batch: Callable[[range], dict], global_batch_size: int, start_step: int = 0
+) -> Iterator[dict]:
+  """A source that makes any train example from its global index: this process's share, step after step.
+
+  Step s holds the examples s B .. s B + B - 1 of the stream (B the global batch); `make_batch(indices)` makes
+  this process's slice of them, so a resumed run (start_step) and any process count read the same examples.
+  """
+  local, offset = local_share(global_batch_size)
+  step = start_step
+  while True:
+    first = step * global_batch_size + offset
+    yield make_batch(range(first, first + local))
+    step += 1
+
+
+def indexed_eval_batches(
+  make_batch: Callable[[np.ndarray], dict], n: int, global_batch_size: int
+) -> Iterator[dict]:
+  """Every one of the `n` eval examples once across processes, in whole batches with their `eval_mask`."""
+  for index, mask in eval_positions(n, global_batch_size):
+    batch = make_batch(index)
+    batch["eval_mask"] = mask
+    yield batch

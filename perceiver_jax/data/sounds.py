@@ -17,9 +17,9 @@ once, padded to whole batches with `eval_mask`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -111,22 +111,14 @@ def example(config: ml_collections.ConfigDict, split: str, index: int) -> dict[s
 
 
 def _batch(config, split: str, indices) -> dict[str, np.ndarray]:
-  examples = [example(config, split, int(i)) for i in indices]
-  return jax.tree.map(lambda *xs: np.stack(xs), *examples)
+  return shares.stacked(lambda i: example(config, split, i), indices)
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Iterator[dict]:
-  global_batch = config.train.global_batch_size
-  local, offset = shares.local_share(global_batch)
-  step = start_step
-  while True:
-    first = step * global_batch + offset
-    yield _batch(config, "train", range(first, first + local))
-    step += 1
+  make = functools.partial(_batch, config, "train")
+  return shares.indexed_train_batches(make, config.train.global_batch_size, start_step)
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict]:
-  for index, mask in shares.eval_positions(num_examples(config, "eval"), config.train.eval_batch_size):
-    batch = _batch(config, "eval", index)
-    batch["eval_mask"] = mask
-    yield batch
+  make = functools.partial(_batch, config, "eval")
+  return shares.indexed_eval_batches(make, num_examples(config, "eval"), config.train.eval_batch_size)

@@ -16,6 +16,7 @@ padded to whole batches with `eval_mask`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import jax
@@ -80,22 +81,14 @@ def make_batch(config: ml_collections.ConfigDict, split: str, indices) -> dict:
   one = spec_lib.batch_spec(config, 1, split)
   one.pop("eval_mask", None)
   code = _TRAIN if split == "train" else _EVAL
-  examples = [_example(config, one, code, int(i)) for i in indices]
-  return jax.tree.map(lambda *xs: np.stack(xs), *examples)
+  return shares.stacked(lambda i: _example(config, one, code, i), indices)
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0) -> Iterator[dict]:
-  global_batch = config.train.global_batch_size
-  local, offset = shares.local_share(global_batch)
-  step = start_step
-  while True:
-    first = step * global_batch + offset
-    yield make_batch(config, "train", range(first, first + local))
-    step += 1
+  make = functools.partial(make_batch, config, "train")
+  return shares.indexed_train_batches(make, config.train.global_batch_size, start_step)
 
 
 def eval_batches(config: ml_collections.ConfigDict) -> Iterator[dict]:
-  for index, mask in shares.eval_positions(num_examples(config, "eval"), config.train.eval_batch_size):
-    batch = make_batch(config, "eval", index)
-    batch["eval_mask"] = mask
-    yield batch
+  make = functools.partial(make_batch, config, "eval")
+  return shares.indexed_eval_batches(make, num_examples(config, "eval"), config.train.eval_batch_size)
