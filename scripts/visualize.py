@@ -36,36 +36,27 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   workdir = _WORKDIR.value
   out = _OUT.value or os.fspath(epath.Path(workdir) / "visualize")
+  examples, latents = _EXAMPLES.value, _LATENTS.value
   if visualize_points.is_points_workdir(workdir):  # Any model: the clouds at least.
-    try:
-      run = train.load_run(workdir)
-    except (FileNotFoundError, ValueError) as e:
-      sys.exit(f"visualize: {e}")
-    index = visualize_points.visualize_run(run, out, _EXAMPLES.value, min(_LATENTS.value, 4), workdir=workdir)
-    print(f"Wrote {index}")
-    return
-  if visualize_video.is_video_workdir(workdir):
-    try:
-      run = visualize.load(workdir)
-    except (FileNotFoundError, ValueError) as e:
-      sys.exit(f"visualize: {e}")
-    print(f"Wrote {visualize_video.visualize_run(run, out, min(_EXAMPLES.value, 8), workdir=workdir)}")
-    return
-  if visualize_audio.is_audio_workdir(workdir):
-    try:
-      run = visualize.load(workdir)
-    except (FileNotFoundError, ValueError) as e:
-      sys.exit(f"visualize: {e}")
-    index = visualize_audio.visualize_run(run, out, _EXAMPLES.value, min(_LATENTS.value, 4), workdir=workdir)
-    print(f"Wrote {index}")
-    return
-  try:
-    run = visualize.load(workdir)
-  except (FileNotFoundError, ValueError) as e:
-    # One clear line, not a traceback: nothing is wrong with the code, only with the run asked for.
-    sys.exit(f"visualize: {e}")
-  index = visualize.visualize_run(run, out, _EXAMPLES.value, _LATENTS.value, workdir=workdir)
+    run = _load(train.load_run, workdir)
+    index = visualize_points.visualize_run(run, out, examples, min(latents, 4), workdir=workdir)
+  elif visualize_video.is_video_workdir(workdir):
+    run = _load(visualize.load, workdir)
+    index = visualize_video.visualize_run(run, out, min(examples, 8), workdir=workdir)
+  elif visualize_audio.is_audio_workdir(workdir):
+    run = _load(visualize.load, workdir)
+    index = visualize_audio.visualize_run(run, out, examples, min(latents, 4), workdir=workdir)
+  else:
+    index = visualize.visualize_run(_load(visualize.load, workdir), out, examples, latents, workdir=workdir)
   print(f"Wrote {index}")
+
+
+def _load(loader, workdir: str):
+  """The run `loader` reads from `workdir`, or one clear line: nothing is wrong with the code: the run."""
+  try:
+    return loader(workdir)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"visualize: {e}")
 
 
 if __name__ == "__main__":
