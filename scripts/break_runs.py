@@ -368,6 +368,120 @@ def case_kill_one_of_two(root, ref, results):
   return ok, f"survivor exit {procs[0].returncode} {took:.0f} s after the kill: {seen}; again: exits {rcs}"
 
 
+def _settled(path: pathlib.Path, quiet_s: float = 0.5, limit_s: float = 10) -> str:
+  """`path`'s text once nothing was added for `quiet_s`: an aborted process's filter may still write."""
+  deadline, size, since = time.time() + limit_s, -1, time.time()
+  while time.time() < deadline:
+    now = path.stat().st_size
+    if now != size:
+      size, since = now, time.time()
+    elif time.time() - since >= quiet_s:
+      break
+    time.sleep(0.05)
+  return path.read_text()
+
+
+def case_kill_coordinator(root, ref, results):
+  """Two processes of one run; process 0 (the coordinator) SIGKILLed once step 4 is saved; both again."""
+  workdir = root / "kill_coordinator"
+  shutil.rmtree(workdir, ignore_errors=True)
+  procs = _pair(root, workdir, "coordinator", TEST_SLOW_FROM=3)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "4").exists():
+    if procs[1].poll() is not None or time.time() > deadline:
+      return False, f"step 4 never saved: {(root / 'coordinator1').read_text()[-300:]}"
+    time.sleep(0.02)
+  start = time.time()
+  procs[0].kill()
+  try:
+    procs[1].communicate(timeout=200)
+  except subprocess.TimeoutExpired:
+    procs[1].kill()
+    return False, "the survivor still runs 200 s after the kill"
+  took, text = time.time() - start, _settled(root / "coordinator1")
+  lines = error_lines(text)
+  named = len(lines) == 1 and lines[0].startswith("error: process 0 (the coordinator at 127.0.0.1:")
+  clean = not any(w in text for w in ("Traceback", "Check failure", "Fatal Python error"))
+  rcs = [p.wait(timeout=600) for p in _pair(root, workdir, "again")]
+  resumed = rcs == [0, 0] and "Resuming from the checkpoint of step" in (root / "again1").read_text()
+  ok = named and clean and resumed
+  seen = lines[0][:90] if lines else "no error line"
+  return ok, f"survivor exit {procs[1].returncode} {took:.1f} s after the kill: {seen}; again: exits {rcs}"
+
+
+def case_process_id_twice(root, ref, results):
+  """Two processes of one run; once step 4 is saved, a third started with --process_id=1 too; both again."""
+  workdir = root / "id_twice"
+  shutil.rmtree(workdir, ignore_errors=True)
+  procs = _pair(root, workdir, "twice", TEST_SLOW_FROM=3)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "4").exists():
+    if procs[0].poll() is not None or time.time() > deadline:
+      return False, f"step 4 never saved: {(root / 'twice0').read_text()[-300:]}"
+    time.sleep(0.02)
+  port = next(a for a in procs[0].args if a.startswith("--coordinator_address=")).rpartition(":")[2]
+  flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=1"]
+  third = run(command(workdir, CONFIG, *flags, "--local_device_count=1", "--initialization_timeout=20"))
+  for p in procs:
+    p.communicate(timeout=200)
+  texts = [_settled(root / f"twice{i}") for i in range(2)]
+  said = [error_lines(t) for t in texts]
+  named = all(len(s) == 1 and s[0].startswith("error: a second process connected as process 1") for s in said)
+  clean = not any(w in t for t in texts for w in ("Traceback", "Check failure", "Fatal Python error"))
+  third_lines = error_lines(third.stderr)
+  rcs = [p.wait(timeout=600) for p in _pair(root, workdir, "again")]
+  resumed = rcs == [0, 0] and "Resuming from the checkpoint of step" in (root / "again0").read_text()
+  ok = named and clean and third.returncode == 1 and len(third_lines) == 1 and resumed
+  seen = said[0][0][:80] if said[0] else "no error line"
+  return ok, (
+    f"exits {[p.returncode for p in procs]}: {seen}; the third: exit {third.returncode}, "
+    f"{(third_lines or [''])[0][:60]}; again: exits {rcs}"
+  )
+
+
+# Two processes meet; process 1 is SIGKILLed; process 0 waits inside the coordination service (as at
+# orbax's barrier before a save completes), where only the service's heartbeat timeout (100 s) ends it.
+WAIT_INSIDE = """
+import os, signal, sys
+import jax
+from jax.experimental import multihost_utils
+from perceiver_jax.training import distributed
+port, index = sys.argv[1:]
+distributed.initialize(f"127.0.0.1:{port}", 2, int(index), initialization_timeout=20)
+multihost_utils.sync_global_devices("start")
+if index == "1":
+  os.kill(os.getpid(), signal.SIGKILL)
+with distributed.naming_lost_processes():  # As the entry points do.
+  jax._src.distributed.global_state.client.wait_at_barrier("never", 400_000)
+"""
+
+
+def case_lost_while_waiting(root, ref, results):
+  """Process 1 of two SIGKILLed while process 0 waits at a barrier of the coordination service (~100 s)."""
+  port = _free_port()
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", WAIT_INSIDE, str(port), str(i)],
+      cwd=ROOT,
+      env=env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  start = time.time()
+  out = procs[0].communicate(timeout=300)[0]
+  procs[1].wait(timeout=60)
+  lines = error_lines(out)
+  named = len(lines) == 1 and lines[0].startswith(
+    "error: process 1 of 2 is gone: it stopped sending heartbeats"
+  )
+  clean = not any(w in out for w in ("Traceback", "Check failure", "Fatal Python error"))
+  seen = lines[0][:90] if lines else "no error line"
+  return named and clean, f"exit {procs[0].returncode} {time.time() - start:.0f} s after the start: {seen}"
+
+
 def case_two_process_id_0(root, ref, results):
   """Two processes of one run both given --process_id=0, the second 5 s after the first."""
   flags = [

@@ -9,6 +9,7 @@ differences in near-zero gradients (the attention key biases have zero gradient)
 """
 
 import json
+import os
 import re
 import signal
 import socket
@@ -352,3 +353,171 @@ def test_a_save_in_flight_is_not_waited_for_once_a_process_is_lost(monkeypatch):
     assert closed == ([True] if waits else []), error
   checkpoint.close(Manager())  # No exception in flight: waits.
   assert closed == [True, True]
+
+
+# Process 0 (the coordinator) is SIGKILLed once both have met; process 1 then calls across processes.
+LOSE_COORDINATOR = LOSE_ONE.replace('if index == "1":', 'if index == "0":')
+# Processes 0 and 1 meet and wait; a second process given --process_id=1 then connects.
+WAIT = """
+import sys, time
+from jax.experimental import multihost_utils
+from perceiver_jax.training import distributed
+port, index = sys.argv[1:]
+distributed.initialize(f"127.0.0.1:{port}", 2, int(index), initialization_timeout=10)
+multihost_utils.sync_global_devices("start")
+print("met", flush=True)
+time.sleep(30)  # The third process ends the run before.
+print("not stopped")
+"""
+
+
+def _spawn(script, port, index):
+  return subprocess.Popen(
+    [sys.executable, "-c", script, str(port), str(index)],
+    cwd=ROOT,
+    env=child_env(devices=None),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,  # The pipe ends once the process and its stderr filter both have.
+    text=True,
+  )
+
+
+def _one_error_line(out: str) -> str:
+  lines = [line for line in out.splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1, out[-3000:]
+  for noise in ("Check failure stack trace", "Fatal Python error", "Traceback", "F1", "Extension modules"):
+    assert noise not in out, (noise, out[-3000:])
+  return lines[0]
+
+
+@pytest.mark.slow
+def test_a_lost_coordinator_is_named_in_one_line_by_the_survivor():
+  """JAX aborts the survivor from C++ (no Python runs); stderr_guard answers its report with one line."""
+  port = free_port()
+  procs = [_spawn(LOSE_COORDINATOR, port, i) for i in range(2)]
+  try:
+    out = procs[1].communicate(timeout=60)[0]
+  finally:
+    for p in procs:
+      p.kill()
+  line = _one_error_line(out)
+  assert procs[1].returncode != 0
+  assert line.startswith(f"error: process 0 (the coordinator at 127.0.0.1:{port}) is gone"), line
+  assert "process 1 of 2" in line and "Start all 2 processes again with the same command" in line
+
+
+@pytest.mark.slow
+def test_a_process_id_given_twice_stops_the_run_naming_the_flag():
+  """The newcomer under a taken id makes JAX abort every process of the run; each says why in one line."""
+  port = free_port()
+  procs = [_spawn(WAIT, port, i) for i in range(2)]
+  try:
+    before = [list(iter(p.stdout.readline, "met\n")) for p in procs]  # Both run when the third comes.
+    procs.append(_spawn(WAIT, port, 1))
+    outs = ["".join(b) + p.communicate(timeout=60)[0] for b, p in zip([*before, []], procs, strict=True)]
+  finally:
+    for p in procs:
+      p.kill()
+  third, third_out = procs.pop(), outs.pop()
+  for index, out in enumerate(outs):
+    line = _one_error_line(out)
+    assert line.startswith("error: a second process connected as process 1 while process 1 of 2 was running")
+    assert f"(this is process {index})" in line and "Give every process its own --process_id (0 .. 1)" in line
+  assert third.returncode == 1 and "did not start within 10 s" in _one_error_line(third_out)
+
+
+# What JAX 0.10.2's client wrote on process 0 when process 1 was SIGKILLed while process 0 waited at a
+# barrier (it aborts 100 s later, when the heartbeats are missed), dump shortened.
+HEARTBEATS_MISSED = """\
+I1204 22:20:21.861 17894 train.py:1] step 20/40
+E1204 22:22:02.079889   17894 coordination_service.cc:1549] [4694] Use error polling to propagate the \
+following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+1
+The tasks have crashed. Check the task logs for an earlier error, or scheduler events (e.g. preemption, \
+eviction) to debug further. [type.googleapis.com/tensorflow.CoordinationServiceError='']
+E1204 22:22:02.080320   17905 coordination_service_agent.cc:289] Polled an error from coordination service \
+(this can be an error from this or another task).
+F1204 22:22:02.080389   17905 client.h:80] Terminating process because the JAX distributed service detected \
+fatal errors. This most likely indicates that another task died; see the other task logs for more details. \
+absl::Status: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+1
+The tasks have crashed. Check the task logs for an earlier error, or scheduler events (e.g. preemption, \
+eviction) to debug further.
+
+RPC: /xla.coordination.CoordinationService/PollForError
+*** Check failure stack trace: ***
+    @     0x7f8269e40634  absl::lts_20260107::log_internal::LogMessage::SendToLog()
+Fatal Python error: Aborted
+
+Thread 0x00007f5302c12b80 (most recent call first):
+  File "/work/main/perceiver_jax/training/train.py", line 270 in _train
+"""
+
+
+def _guarded(text: str, pause_after: str | None = None) -> tuple[str, float]:
+  """`text` written through stderr_guard's filter process as a watched process would: (what came out, s)."""
+  from perceiver_jax.training import stderr_guard
+
+  acks, ack_w = os.pipe()
+  facts = json.dumps({"me": 0, "count": 2, "address": "10.0.0.1:8476", "ack": ack_w})
+  proc = subprocess.Popen(
+    [sys.executable, "-I", stderr_guard.__file__, facts],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    pass_fds=(ack_w,),
+  )
+  os.close(ack_w)
+  start = time.time()
+  head, _, tail = text.partition(pause_after) if pause_after else (text, "", "")
+  proc.stdin.write((head + (pause_after or "")).encode())
+  proc.stdin.flush()
+  if pause_after:
+    time.sleep(1.5)  # Longer than the filter holds a line back.
+    proc.stdin.write(stderr_guard.SYNC)  # What `drain` writes at exit: answered, not passed on.
+    proc.stdin.flush()
+    assert os.read(acks, 1) == b"."
+    proc.stdin.write(tail.encode())
+  os.close(acks)
+  return proc.communicate(timeout=30)[0].decode(), time.time() - start
+
+
+def test_stderr_guard_answers_missed_heartbeats_with_one_line_and_passes_the_rest_through():
+  out, _ = _guarded(HEARTBEATS_MISSED)
+  assert out.splitlines()[0] == "I1204 22:20:21.861 17894 train.py:1] step 20/40"
+  assert len(out.splitlines()) == 2, out
+  assert out.splitlines()[1].startswith(
+    "error: process 1 of 2 is gone: it stopped sending heartbeats to the coordinator (killed, crashed"
+  ), out
+  assert out.splitlines()[1].endswith("(--verbose shows JAX's own report).")
+  # The process's own line (naming_lost_processes) came first: no second one.
+  own = "error: process 1 of 2 is gone (said by the process itself)\n"
+  out, _ = _guarded(HEARTBEATS_MISSED.replace("E1204 22:22:02.079889", own + "E1204 22:22:02.079889", 1))
+  assert out.splitlines()[1:] == [own.strip()], out
+  # Without FATAL, every line comes out as it went in, the held-back ones too, and a last line without
+  # its end; a coordination-service error that nothing follows is not held for ever.
+  plain = HEARTBEATS_MISSED.split("F1204")[0] + "[Gloo] no newline"
+  out, _ = _guarded(plain)
+  assert out == plain
+  out, took = _guarded(plain, pause_after="task).\n")
+  assert out == plain and took < 10
+
+
+def test_a_barrier_failed_on_missed_heartbeats_names_that_process_without_asking_again(monkeypatch, capsys):
+  """Asking (a barrier of a service already in error) would fail as if the coordinator were gone."""
+  monkeypatch.setattr(distributed, "_initialized", True)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  monkeypatch.setattr(distributed, "_lost_processes", lambda wait_s: pytest.fail("asked the service again"))
+
+  def exit_(status):
+    raise SystemExit(status)
+
+  monkeypatch.setattr(distributed.os, "_exit", exit_)
+  error = RuntimeError(
+    "INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: Task 1 heartbeat timeout. This "
+    "indicates that the remote task has failed, got preempted, or crashed unexpectedly."
+  )
+  with pytest.raises(SystemExit, match="1"), distributed.naming_lost_processes():
+    raise error
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith("error: process 1 of 2 is gone: it stopped sending heartbeats to the coordinator")

@@ -529,3 +529,22 @@ def test_sigterm_while_the_entry_point_imports_ends_in_one_line(tmp_path):
     "error: stopped by SIGTERM outside the train loop (starting up or ending); the checkpoints saved so far "
     "are whole: run the same command again to go on."
   ]
+
+
+def test_a_killed_holder_not_yet_reaped_holds_no_lock(tmp_path):
+  """A SIGKILLed run is a zombie until its launcher collects it: its pid and start time still read."""
+  child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    holder = {**run_files.WorkdirLock(tmp_path).owner, "pid": child.pid}
+    holder["start_time"] = run_files._start_time(child.pid)  # noqa: SLF001
+    (tmp_path / "lock").write_text(json.dumps(holder))
+    with pytest.raises(run_files.WorkdirBusy, match=f"pid {child.pid} "):
+      run_files.WorkdirLock(tmp_path).acquire()
+    child.kill()
+    while pathlib.Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+      time.sleep(0.01)  # Not waited for: a zombie.
+    with run_files.WorkdirLock(tmp_path) as held:
+      assert json.loads((tmp_path / "lock").read_text()) == held.owner
+  finally:
+    child.kill()
+    child.wait()

@@ -15,7 +15,8 @@ process at once when their configs differ, naming the differing fields. Two proc
 
 A run that loses a process mid-way (killed, crashed, its host gone) ends on every survivor in one line
 naming the lost process (`naming_lost_processes`), not in JAX's C++ abort when the coordination service
-gives up on the lost process's heartbeats.
+gives up on the lost process's heartbeats. Where JAX aborts before Python can answer (the coordinator
+gone, a process id given twice), `stderr_guard` turns the abort's report into one line.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import threading
 
 import jax
 from absl import logging
+
+from perceiver_jax.training import stderr_guard
 
 _initialized = False
 # Seconds processes wait for each other in `initialize` unless told otherwise.
@@ -135,6 +138,9 @@ def initialize(
   finally:
     watchdog.cancel()
   _initialized = True
+  if not any(a in ("--verbose", "-verbose") for a in sys.argv):  # JAX's C++ abort as one line.
+    state = jax._src.distributed.global_state  # noqa: SLF001  The values the cluster resolved.
+    stderr_guard.start(jax.process_index(), jax.process_count(), state.coordinator_address)
   logging.info(
     "Process %d of %d: %d local devices of %d.",
     jax.process_index(),
@@ -210,6 +216,7 @@ def _give_up(address, num_processes, process_id, timeout, how) -> None:
     "slowly.\n"
   )
   sys.stderr.flush()
+  stderr_guard.drain()
   os._exit(1)
 
 
@@ -276,11 +283,19 @@ def _lost_processes(wait_s: float) -> tuple[list[int], bool] | None:
     client.wait_at_barrier(_LOST_KEY, int(wait_s * 1000))
   except Exception as e:  # noqa: BLE001  The barrier's failure is the answer.
     text = str(e)
+    missed = _missed_heartbeats(text)
+    if missed:
+      return missed, False
     if "UNAVAILABLE" in text or "Failed to send RPC" in text:
       return [0], True
     named = re.search(r"timed out task names:\s*((?:\d+\s*)+)", text)
     return (sorted(int(i) for i in named.group(1).split()) if named else []), False
   return None
+
+
+def _missed_heartbeats(text: str) -> list[int]:
+  """The processes the coordination service says missed their heartbeats ("Task 1 heartbeat timeout")."""
+  return sorted({int(i) for i in re.findall(r"Task (\d+) heartbeat timeout", text)})
 
 
 @contextlib.contextmanager
@@ -306,7 +321,8 @@ def naming_lost_processes(wait_s: float = LOST_PROCESS_WAIT_S):
       str(e)[:300],
       exc_info="--verbose" in sys.argv,  # The traceback, where the entry point was asked for it.
     )
-    lost = _lost_processes(wait_s)
+    missed = _missed_heartbeats(str(e))  # The service has told already (it aborts this process soon).
+    lost = (missed, False) if missed else _lost_processes(wait_s)
     if lost is None:
       raise
     ids, coordinator = lost
@@ -316,7 +332,10 @@ def naming_lost_processes(wait_s: float = LOST_PROCESS_WAIT_S):
     elif ids:
       names = ", ".join(map(str, ids))
       who = f"process{'es' if len(ids) > 1 else ''} {names} of {count} {'are' if len(ids) > 1 else 'is'} gone"
-      who += f": {'they' if len(ids) > 1 else 'it'} did not answer within {wait_s:g} s"
+      how = (
+        "stopped sending heartbeats to the coordinator" if missed else f"did not answer within {wait_s:g} s"
+      )
+      who += f": {'they' if len(ids) > 1 else 'it'} {how}"
     else:
       who = f"a process of {count} is gone: not all answered within {wait_s:g} s"
     first = " ".join(str(e).split())[:120]
@@ -326,4 +345,5 @@ def naming_lost_processes(wait_s: float = LOST_PROCESS_WAIT_S):
       "again with the same command: the run resumes from its newest checkpoint.\n"
     )
     sys.stderr.flush()
+    stderr_guard.drain()
     os._exit(1)

@@ -202,10 +202,15 @@ def _boot_id() -> str | None:
 
 
 def _start_time(pid: int) -> int | None:
-  """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot (None: unknown)."""
+  """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+
+  None when unknown, or when the process has ended and waits to be reaped (a zombie, state Z or X: a
+  SIGKILLed run whose launcher has not yet collected it holds nothing any more).
+  """
   try:
     stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[19])  # The name, in parentheses, may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()  # The name, in parentheses, may hold spaces.
+    return None if fields[0] in ("Z", "X") else int(fields[19])
   except (OSError, ValueError, IndexError):
     return None
 
