@@ -8,8 +8,10 @@ Python's fault dump (60-odd lines) and aborts within a second, before Python can
 (it fails with std::bad_cast when called). So a multi-process run routes its stderr through a small
 filter process, this file run as a script: it passes every line through as it comes, and when the
 FATAL line arrives it writes one `error:` line instead, naming what happened and what to do, and drops
-the dump that follows. The filter is a separate process because the one it watches is being aborted.
-`--verbose` runs without it.
+the dump that follows (or nothing, when the process's own `error:` line came just before: a survivor
+can see the loss in Python too). The filter is a separate process because the one it watches is being
+aborted. At exit the process waits until the filter has passed everything on (`drain`), so that a log
+file is whole once the process has ended. `--verbose` runs without it.
 
 Standard library only: the filter runs as `python -I stderr_guard.py`, without the package.
 """
