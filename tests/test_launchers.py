@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 
+import jax
 import pytest
 from conftest import ROOT, TINY, child_env
 
@@ -154,6 +155,7 @@ def test_sweep_tpu_pod_launcher_trains_each_run_on_the_pod_and_fails_with_a_host
   for name in ("experiments", "configs"):
     (repo / name).symlink_to(ROOT / name)
   env = _env(tmp_path, TPU_NAME="pod", ZONE="zone-a", REPO_DIR=str(repo), PYTHON=str(python))
+  jax.devices()  # This process's backend starts with the suite's 8 devices, not the children's flags below.
   for key, value in env.items():
     monkeypatch.setenv(key, value)
   monkeypatch.delenv("DETACH", raising=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import pathlib
 import re
 import select
 import signal
@@ -54,7 +55,7 @@ def start(process_id: int, num_processes: int, coordinator_address: str) -> None
   sys.stderr.flush()
   original = os.dup(2)
   _process = subprocess.Popen(
-    [sys.executable, "-I", os.path.abspath(__file__), json.dumps(facts)],
+    [sys.executable, "-I", str(pathlib.Path(__file__).resolve()), json.dumps(facts)],
     stdin=subprocess.PIPE,
     stdout=original,
     pass_fds=(ack_w,),
