@@ -231,11 +231,15 @@ def _now() -> float:
 if __name__ == "__main__":
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Ends with its input, after the watched process.
+  facts = json.loads(sys.argv[1])
   try:
-    _filter(json.loads(sys.argv[1]))
+    _filter(facts)
   except Exception as e:  # noqa: BLE001  Whatever went wrong here, the watched process keeps its stderr.
     sys.stdout.buffer.write(f"(stderr_guard: {e!r}; passing stderr through unchanged)\n".encode())
     sys.stdout.buffer.flush()
     while chunk := os.read(0, 65536):
+      if SYNC in chunk:  # Still answered, so that the process's exit does not wait for nothing.
+        chunk = chunk.replace(SYNC, b"")
+        os.write(facts["ack"], b".")
       sys.stdout.buffer.write(chunk)
       sys.stdout.buffer.flush()
