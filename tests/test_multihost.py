@@ -385,8 +385,9 @@ def _spawn(script, port, index):
 def _one_error_line(out: str) -> str:
   lines = [line for line in out.splitlines() if line.startswith("error: ")]
   assert len(lines) == 1, out[-3000:]
-  for noise in ("Check failure stack trace", "Fatal Python error", "Traceback", "F1", "Extension modules"):
+  for noise in ("Check failure stack trace", "Fatal Python error", "Traceback", "Extension modules"):
     assert noise not in out, (noise, out[-3000:])
+  assert not re.search(r"^F\d{4} ", out, re.M), out[-3000:]  # JAX's FATAL log line.
   return lines[0]
 
 
