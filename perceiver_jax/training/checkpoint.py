@@ -426,18 +426,21 @@ def restore_latest(
   moved = False
   for step in sorted(manager.all_steps() if steps is None else steps, reverse=True):
     state, error, what = None, _layout_error(manager, step), "unreadable"
+    # Shapes first, from the metadata alone: a restore that fails on them leaves orbax's reads of the
+    # other arrays behind, each printing a traceback when collected. Every process reads the same
+    # metadata, so all of them raise.
+    mismatch = _mismatch(manager, step, target) if error is None else None
+    if mismatch:
+      raise CheckpointMismatch(
+        f"The checkpoint of step {step} in {manager.directory} holds another train state than this "
+        f"config builds ({mismatch}); train this config into a new workdir."
+      )
     if error is None:
       try:
         with _QuietAsyncio():
           state = manager.restore(step, args=ocp.args.StandardRestore(target))
       except Exception as e:  # noqa: BLE001  Whatever went wrong, the previous checkpoint may be fine.
         error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"  # One line.
-        mismatch = _mismatch(manager, step, target)
-        if mismatch:  # Every process reads the same metadata, so all of them raise.
-          raise CheckpointMismatch(
-            f"The checkpoint of step {step} in {manager.directory} holds another train state than this "
-            f"config builds ({mismatch}); train this config into a new workdir."
-          ) from e
     if error is None:
       custom, unreadable = _read_step_metadata(manager, step)
       recorded = custom.get(CHECKSUM)
