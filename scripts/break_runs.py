@@ -340,34 +340,6 @@ def _pair(root: pathlib.Path, workdir, name: str = "pair", **extra) -> list[subp
   return procs
 
 
-def case_kill_one_of_two(root, ref, results):
-  """Two processes of one run; process 1 SIGKILLed once step 4 is saved; then both started again."""
-  workdir, log = root / "kill_one", root / "pair0"
-  shutil.rmtree(workdir, ignore_errors=True)  # A workdir kept (--keep) from an earlier try.
-  procs = _pair(root, workdir, TEST_SLOW_FROM=3)
-  deadline = time.time() + 300
-  while not (workdir / "checkpoints" / "4").exists():
-    if procs[0].poll() is not None or time.time() > deadline:
-      return False, f"step 4 never saved: {log.read_text()[-300:]}"
-    time.sleep(0.02)
-  start = time.time()
-  procs[1].kill()
-  try:
-    procs[0].communicate(timeout=200)
-  except subprocess.TimeoutExpired:
-    procs[0].kill()
-    return False, "the survivor still runs 200 s after the kill"
-  took, text = time.time() - start, log.read_text()
-  lines = error_lines(text)
-  named = len(lines) == 1 and lines[0].startswith("error: process 1 of 2 is gone")
-  clean = "Traceback" not in text and "Check failure" not in text
-  rcs = [p.wait(timeout=600) for p in _pair(root, workdir, "again")]
-  resumed = rcs == [0, 0] and "Resuming from the checkpoint of step" in (root / "again0").read_text()
-  ok = procs[0].returncode == 1 and named and clean and resumed
-  seen = lines[0][:90] if lines else "no error line"
-  return ok, f"survivor exit {procs[0].returncode} {took:.0f} s after the kill: {seen}; again: exits {rcs}"
-
-
 def _settled(path: pathlib.Path, quiet_s: float = 0.5, limit_s: float = 10) -> str:
   """`path`'s text once nothing was added for `quiet_s`: an aborted process's filter may still write."""
   deadline, size, since = time.time() + limit_s, -1, time.time()
@@ -381,56 +353,83 @@ def _settled(path: pathlib.Path, quiet_s: float = 0.5, limit_s: float = 10) -> s
   return path.read_text()
 
 
-def case_kill_coordinator(root, ref, results):
-  """Two processes of one run; process 0 (the coordinator) SIGKILLed once step 4 is saved; both again."""
-  workdir = root / "kill_coordinator"
-  shutil.rmtree(workdir, ignore_errors=True)
-  procs = _pair(root, workdir, "coordinator", TEST_SLOW_FROM=3)
+# What a process's stderr must not hold once it has said what happened in one line.
+NOISE = ("Traceback", "Check failure", "Fatal Python error")
+
+
+def _pair_saved(root: pathlib.Path, name: str, watched: int) -> tuple[list[subprocess.Popen], str | None]:
+  """The two processes of a slowed run in a fresh root/name, once step 4 is saved: (processes, None), or
+  (processes, why not) when process `watched` ended first or it took over 300 s."""
+  workdir = root / name
+  shutil.rmtree(workdir, ignore_errors=True)  # A workdir kept (--keep) from an earlier try.
+  procs = _pair(root, workdir, name, TEST_SLOW_FROM=3)
   deadline = time.time() + 300
   while not (workdir / "checkpoints" / "4").exists():
-    if procs[1].poll() is not None or time.time() > deadline:
-      return False, f"step 4 never saved: {(root / 'coordinator1').read_text()[-300:]}"
+    if procs[watched].poll() is not None or time.time() > deadline:
+      return procs, f"step 4 never saved: {(root / f'{name}{watched}').read_text()[-300:]}"
     time.sleep(0.02)
+  return procs, None
+
+
+def _both_again(root: pathlib.Path, name: str, log: int) -> tuple[list[int], bool]:
+  """Both processes of root/name started again: their exit statuses, and whether process `log` resumed."""
+  rcs = [p.wait(timeout=600) for p in _pair(root, root / name, "again")]
+  return rcs, rcs == [0, 0] and "Resuming from the checkpoint of step" in (root / f"again{log}").read_text()
+
+
+def _kill_one(root, name: str, killed: int, said: str, status: int | None):
+  """Process `killed` of a run SIGKILLed once step 4 is saved: the survivor's one line starts with `said`
+  (and its exit status is `status`, unless None: JAX's abort); then both again resume."""
+  survivor = 1 - killed
+  procs, failed = _pair_saved(root, name, survivor)
+  if failed:
+    return False, failed
   start = time.time()
-  procs[0].kill()
+  procs[killed].kill()
   try:
-    procs[1].communicate(timeout=200)
+    procs[survivor].communicate(timeout=200)
   except subprocess.TimeoutExpired:
-    procs[1].kill()
+    procs[survivor].kill()
     return False, "the survivor still runs 200 s after the kill"
-  took, text = time.time() - start, _settled(root / "coordinator1")
+  took, text = time.time() - start, _settled(root / f"{name}{survivor}")
   lines = error_lines(text)
-  named = len(lines) == 1 and lines[0].startswith("error: process 0 (the coordinator at 127.0.0.1:")
-  clean = not any(w in text for w in ("Traceback", "Check failure", "Fatal Python error"))
-  rcs = [p.wait(timeout=600) for p in _pair(root, workdir, "again")]
-  resumed = rcs == [0, 0] and "Resuming from the checkpoint of step" in (root / "again1").read_text()
-  ok = named and clean and resumed
+  named = len(lines) == 1 and lines[0].startswith(said)
+  clean = not any(w in text for w in NOISE)
+  rcs, resumed = _both_again(root, name, survivor)
+  rc = procs[survivor].returncode
+  ok = status in (None, rc) and named and clean and resumed
   seen = lines[0][:90] if lines else "no error line"
-  return ok, f"survivor exit {procs[1].returncode} {took:.1f} s after the kill: {seen}; again: exits {rcs}"
+  return ok, f"survivor exit {rc} {took:.1f} s after the kill: {seen}; again: exits {rcs}"
+
+
+def case_kill_one_of_two(root, ref, results):
+  """Two processes of one run; process 1 SIGKILLed once step 4 is saved; then both started again."""
+  return _kill_one(root, "kill_one", 1, "error: process 1 of 2 is gone", status=1)
+
+
+def case_kill_coordinator(root, ref, results):
+  """Two processes of one run; process 0 (the coordinator) SIGKILLed once step 4 is saved; both again."""
+  said = "error: process 0 (the coordinator at 127.0.0.1:"
+  return _kill_one(root, "kill_coordinator", 0, said, status=None)
 
 
 def case_process_id_twice(root, ref, results):
   """Two processes of one run; once step 4 is saved, a third started with --process_id=1 too; both again."""
-  workdir = root / "id_twice"
-  shutil.rmtree(workdir, ignore_errors=True)
-  procs = _pair(root, workdir, "twice", TEST_SLOW_FROM=3)
-  deadline = time.time() + 300
-  while not (workdir / "checkpoints" / "4").exists():
-    if procs[0].poll() is not None or time.time() > deadline:
-      return False, f"step 4 never saved: {(root / 'twice0').read_text()[-300:]}"
-    time.sleep(0.02)
+  procs, failed = _pair_saved(root, "id_twice", 0)
+  if failed:
+    return False, failed
   port = next(a for a in procs[0].args if a.startswith("--coordinator_address=")).rpartition(":")[2]
   flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=1"]
-  third = run(command(workdir, CONFIG, *flags, "--local_device_count=1", "--initialization_timeout=20"))
+  flags += ["--local_device_count=1", "--initialization_timeout=20"]
+  third = run(command(root / "id_twice", CONFIG, *flags))
   for p in procs:
     p.communicate(timeout=200)
-  texts = [_settled(root / f"twice{i}") for i in range(2)]
+  texts = [_settled(root / f"id_twice{i}") for i in range(2)]
   said = [error_lines(t) for t in texts]
   named = all(len(s) == 1 and s[0].startswith("error: a second process connected as process 1") for s in said)
-  clean = not any(w in t for t in texts for w in ("Traceback", "Check failure", "Fatal Python error"))
+  clean = not any(w in t for t in texts for w in NOISE)
   third_lines = error_lines(third.stderr)
-  rcs = [p.wait(timeout=600) for p in _pair(root, workdir, "again")]
-  resumed = rcs == [0, 0] and "Resuming from the checkpoint of step" in (root / "again0").read_text()
+  rcs, resumed = _both_again(root, "id_twice", 0)
   ok = named and clean and third.returncode == 1 and len(third_lines) == 1 and resumed
   seen = said[0][0][:80] if said[0] else "no error line"
   return ok, (
@@ -477,7 +476,7 @@ def case_lost_while_waiting(root, ref, results):
   named = len(lines) == 1 and lines[0].startswith(
     "error: process 1 of 2 is gone: it stopped sending heartbeats"
   )
-  clean = not any(w in out for w in ("Traceback", "Check failure", "Fatal Python error"))
+  clean = not any(w in out for w in NOISE)
   seen = lines[0][:90] if lines else "no error line"
   return named and clean, f"exit {procs[0].returncode} {time.time() - start:.0f} s after the start: {seen}"
 
