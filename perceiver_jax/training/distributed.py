@@ -283,7 +283,7 @@ def _lost_processes(wait_s: float) -> tuple[list[int], bool] | None:
     client.wait_at_barrier(_LOST_KEY, int(wait_s * 1000))
   except Exception as e:  # noqa: BLE001  The barrier's failure is the answer.
     text = str(e)
-    missed = _missed_heartbeats(text)
+    missed = stderr_guard.missed_heartbeats(text)
     if missed:
       return missed, False
     if "UNAVAILABLE" in text or "Failed to send RPC" in text:
@@ -291,11 +291,6 @@ def _lost_processes(wait_s: float) -> tuple[list[int], bool] | None:
     named = re.search(r"timed out task names:\s*((?:\d+\s*)+)", text)
     return (sorted(int(i) for i in named.group(1).split()) if named else []), False
   return None
-
-
-def _missed_heartbeats(text: str) -> list[int]:
-  """The processes the coordination service says missed their heartbeats ("Task 1 heartbeat timeout")."""
-  return sorted({int(i) for i in re.findall(r"Task (\d+) heartbeat timeout", text)})
 
 
 @contextlib.contextmanager
@@ -321,7 +316,7 @@ def naming_lost_processes(wait_s: float = LOST_PROCESS_WAIT_S):
       str(e)[:300],
       exc_info="--verbose" in sys.argv,  # The traceback, where the entry point was asked for it.
     )
-    missed = _missed_heartbeats(str(e))  # The service has told already (it aborts this process soon).
+    missed = stderr_guard.missed_heartbeats(str(e))  # The service has told already (and aborts us soon).
     lost = (missed, False) if missed else _lost_processes(wait_s)
     if lost is None:
       raise
@@ -340,9 +335,8 @@ def naming_lost_processes(wait_s: float = LOST_PROCESS_WAIT_S):
       who = f"a process of {count} is gone: not all answered within {wait_s:g} s"
     first = " ".join(str(e).split())[:120]
     sys.stderr.write(
-      f"error: {who} (killed, crashed, out of memory, or its host went down; its own log or the launcher "
-      f"says why), seen by process {me} as: {first}. This process stops too. Start all {count} processes "
-      "again with the same command: the run resumes from its newest checkpoint.\n"
+      f"error: {who} ({stderr_guard.HOW_LOST}), seen by process {me} as: {first}. This process stops too. "
+      f"{stderr_guard.start_again(count)}.\n"
     )
     sys.stderr.flush()
     stderr_guard.drain()

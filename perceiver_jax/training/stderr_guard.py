@@ -83,14 +83,25 @@ def drain(timeout_s: float = 5.0) -> None:
     os.read(_acks, 1)
 
 
+# How a process is lost, and what to do then: the words of every line naming a lost process.
+HOW_LOST = "killed, crashed, out of memory, or its host went down; its own log or the launcher says why"
+
+
+def start_again(count: int) -> str:
+  return (
+    f"Start all {count} processes again with the same command: the run resumes from its newest checkpoint"
+  )
+
+
+def missed_heartbeats(text: str) -> list[int]:
+  """The processes the coordination service says missed their heartbeats ("Task 1 heartbeat timeout")."""
+  return sorted({int(i) for i in re.findall(r"Task (\d+) heartbeat timeout", text)})
+
+
 def explain(report: str, me: int, count: int, address: str) -> str:
   """The one line for `report`: the FATAL line, what came just before it and the status lines after it."""
   seen = " ".join(report.split())
-  again = (
-    f"Start all {count} processes again with the same command: the run resumes from its newest checkpoint "
-    "(--verbose shows JAX's own report)."
-  )
-  how = "killed, crashed, out of memory, or its host went down; its own log or the launcher says why"
+  again = f"{start_again(count)} (--verbose shows JAX's own report)."
   duplicate = re.search(r"(\d+) unexpectedly tried to connect with a different incarnation", seen)
   if duplicate:
     k = duplicate.group(1)
@@ -102,23 +113,23 @@ def explain(report: str, me: int, count: int, address: str) -> str:
     )
   if me != 0 and ("Failed to send RPC to coordination service" in seen or "leader task" in seen):
     return (
-      f"error: process 0 (the coordinator at {address}) is gone ({how}): its coordination service no longer "
-      f"answers process {me} of {count}. This process stops too. {again}"
+      f"error: process 0 (the coordinator at {address}) is gone ({HOW_LOST}): its coordination service no "
+      f"longer answers process {me} of {count}. This process stops too. {again}"
     )
   listed = re.search(r"stopped sending heartbeats\):\s*((?:\d+[\s,]+)+)", seen + " ")
-  lost = re.findall(r"\d+", listed.group(1)) if listed else re.findall(r"Task (\d+) heartbeat timeout", seen)
-  lost = sorted({int(t) for t in lost} - {me})
+  lost = [int(t) for t in re.findall(r"\d+", listed.group(1))] if listed else missed_heartbeats(seen)
+  lost = sorted(set(lost) - {me})
   if lost:
     many = len(lost) > 1
     return (
       f"error: process{'es' if many else ''} {', '.join(map(str, lost))} of {count} "
       f"{'are' if many else 'is'} gone: {'they' if many else 'it'} stopped sending heartbeats to the "
-      f"coordinator ({how}), seen by process {me}. This process stops too. {again}"
+      f"coordinator ({HOW_LOST}), seen by process {me}. This process stops too. {again}"
     )
   status = " ".join(seen.split(FATAL, 1)[-1].split("absl::Status:", 1)[-1].split())[:200]
   return (
     f"error: jax.distributed stopped process {me} of {count} on an error of the run's coordination service, "
-    f"most likely because another process ended ({how}): {status}. {again}"
+    f"most likely because another process ended ({HOW_LOST}): {status}. {again}"
   )
 
 
