@@ -140,6 +140,35 @@ def attention_maps(config: ml_collections.ConfigDict, params, state, images, exa
   return Attention(logits, weights)
 
 
+def averaged_attention(
+  config: ml_collections.ConfigDict, params, state, inputs, example_keys, masks=None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+  """(logits [B, K], per cross-attend weights [B, N, M] averaged over heads) of the model's own inputs.
+
+  The points, sound and video pictures' one forward pass; `masks` [B, M] marks the real tokens.
+  """
+  if config.model_name != "perceiver":
+    raise ValueError(f"Attention needs a Perceiver run; this run's model_name={config.model_name!r}.")
+  model = build.make_model(config)
+
+  @jax.jit
+  def run(params, state, inputs, masks, keys):
+    (logits, weights), _ = model.apply(
+      params,
+      state,
+      None,
+      inputs,
+      is_training=False,
+      input_mask=masks,
+      example_keys=keys,
+      return_attention=True,
+    )
+    return logits, [w.mean(axis=1) for w in weights]
+
+  logits, weights = jax.device_get(run(params, state, inputs, masks, example_keys))
+  return np.asarray(logits), [np.asarray(w) for w in weights]
+
+
 def focused_latents(maps: np.ndarray, count: int) -> np.ndarray:
   """Indices of the `count` latents with the most concentrated maps [B, H, N, h, w], most focused first.
 

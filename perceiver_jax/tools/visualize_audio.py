@@ -93,30 +93,16 @@ def attention_weights(
     raise ValueError(f"Attention needs a Perceiver run; this run's model_name={config.model_name!r}.")
   if not is_audio_run(config):
     raise ValueError(f"Not a sound run: input.front_end={config.input.front_end!r}, not one of {FRONT_ENDS}.")
-  model = build.make_model(config)
-  shape = grid(config)
-  mel = config.input.front_end == "mel"
-  spectrogram = hk.transform(lambda s: build.front_end(config).spectrogram(s)).apply
-
-  @jax.jit
-  def run(params, state, samples, masks, keys):
-    (logits, weights), _ = model.apply(
-      params,
-      state,
-      None,
-      samples,
-      is_training=False,
-      input_mask=masks,
-      example_keys=keys,
-      return_attention=True,
-    )
-    maps = [w.mean(axis=1).reshape(*w.shape[:1], w.shape[2], *shape) for w in weights]  # [B, N, *grid]
-    return logits, maps, spectrogram({}, None, samples[..., 0]) if mel else None
-
-  logits, maps, spec = jax.device_get(run(params, state, clips.samples, clips.masks, example_keys))
-  return Attention(
-    np.asarray(logits), [np.asarray(m) for m in maps], None if spec is None else np.asarray(spec)
+  logits, weights = visualize.averaged_attention(
+    config, params, state, clips.samples, example_keys, clips.masks
   )
+  shape = grid(config)
+  maps = [w.reshape(*w.shape[:2], *shape) for w in weights]  # [B, N, *grid]
+  spec = None
+  if config.input.front_end == "mel":
+    spectrogram = hk.transform(lambda s: build.front_end(config).spectrogram(s)).apply
+    spec = np.asarray(jax.jit(lambda s: spectrogram({}, None, s[..., 0]))(clips.samples))
+  return Attention(logits, maps, spec)
 
 
 def sample_rate(config: ml_collections.ConfigDict) -> float | None:

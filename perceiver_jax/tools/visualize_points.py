@@ -14,14 +14,13 @@ from __future__ import annotations
 import io
 import os
 
-import jax
 import numpy as np
 from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from perceiver_jax.tools import visualize
-from perceiver_jax.training import build, run_files, train
+from perceiver_jax.training import run_files, train
 
 _VIEWS = ((20, -60), (20, 30), (80, -90))  # (elevation, azimuth) of the three views of a cloud.
 
@@ -38,19 +37,7 @@ def is_points_workdir(workdir: str) -> bool:
 
 def attention_weights(config, params, state, clouds, example_keys) -> tuple[np.ndarray, list[np.ndarray]]:
   """(logits [B, K], per cross-attend weights [B, N, P] averaged over heads) of clouds [B, P, 3 + E]."""
-  if config.model_name != "perceiver":
-    raise ValueError(f"Attention needs a Perceiver run; this run's model_name={config.model_name!r}.")
-  model = build.make_model(config)
-
-  @jax.jit
-  def run(params, state, clouds, keys):
-    (logits, weights), _ = model.apply(
-      params, state, None, clouds, is_training=False, example_keys=keys, return_attention=True
-    )
-    return logits, [w.mean(axis=1) for w in weights]  # [B, N, P] each
-
-  logits, weights = jax.device_get(run(params, state, clouds, example_keys))
-  return np.asarray(logits), [np.asarray(w) for w in weights]
+  return visualize.averaged_attention(config, params, state, clouds, example_keys)
 
 
 def focused_latents(weights: np.ndarray, count: int) -> np.ndarray:

@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from perceiver_jax import data
+from perceiver_jax.tools import visualize
 from perceiver_jax.training import build, run_files, train
 
 NUM_FRAMES = 4  # Frames drawn per clip.
@@ -93,26 +94,7 @@ def eval_examples(config, count: int) -> tuple[dict, np.ndarray]:
 
 def attention(config, params, state, inputs, masks, keys) -> tuple[np.ndarray, list[np.ndarray]]:
   """(logits [B, K], per cross-attend weights [B, N, M] averaged over heads)."""
-  if config.model_name != "perceiver":
-    raise ValueError(f"Attention needs a Perceiver run; this run's model_name={config.model_name!r}.")
-  model = build.make_model(config)
-
-  @jax.jit
-  def run(params, state, inputs, masks, keys):
-    (logits, weights), _ = model.apply(
-      params,
-      state,
-      None,
-      inputs,
-      is_training=False,
-      input_mask=masks,
-      example_keys=keys,
-      return_attention=True,
-    )
-    return logits, [w.mean(axis=1) for w in weights]
-
-  logits, weights = jax.device_get(run(params, state, inputs, masks, keys))
-  return np.asarray(logits), [np.asarray(w) for w in weights]
+  return visualize.averaged_attention(config, params, state, inputs, keys, masks)
 
 
 def modality_shares(weights: np.ndarray, layout: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
