@@ -6,6 +6,7 @@ every 4. A helper entry point wraps `data.train_batches` to slow steps down (so 
 or to feed NaN images at one step; it changes nothing else.
 """
 
+import gc
 import hashlib
 import json
 import os
@@ -269,3 +270,34 @@ def test_ctrl_c_saves_and_later_signals_cannot_kill_the_save(tmp_path, cache_dir
   assert names == ["4", str(stopped)]  # No unfinished checkpoint left.
   assert not (workdir / "lock").exists()
   assert train.load_run(str(workdir)).step == stopped
+
+
+def test_asyncio_reports_of_orbax_reads_left_behind_are_dropped_and_others_kept():
+  """A failed restore abandons its other reads; asyncio reports each whenever it is collected."""
+  import asyncio
+  import logging
+
+  reports = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      reports.append(record.getMessage().splitlines()[0])
+
+  async def ours():
+    raise ValueError("not orbax's")
+
+  scope = {}  # A coroutine compiled as if from a file of orbax's.
+  exec(compile("async def read():\n  raise ValueError('read')\n", "/x/orbax/serialization.py", "exec"), scope)  # noqa: S102
+  handler = Keep()
+  logging.getLogger("asyncio").addHandler(handler)
+  try:
+    for coroutine in (scope["read"], ours):
+      loop = asyncio.new_event_loop()
+      task = loop.create_task(coroutine())
+      loop.run_until_complete(asyncio.sleep(0.01))
+      loop.close()
+      del task
+      gc.collect()
+  finally:
+    logging.getLogger("asyncio").removeHandler(handler)
+  assert reports == ["Task exception was never retrieved"]  # Ours only: orbax's dropped.

@@ -376,6 +376,33 @@ if not any(isinstance(f, _OrbaxTracebacks) for f in _absl_logger.filters):
   _absl_logger.addFilter(_OrbaxTracebacks())
 
 
+class _OrbaxUnretrieved:
+  """A filter of asyncio's logger: drops "Future/Task exception was never retrieved" of orbax's reads.
+
+  A failed restore abandons its other reads; whenever the garbage collector finds one, asyncio logs its
+  exception with a traceback, long after `restore_latest` named the checkpoint in one warning. Only those
+  of orbax's coroutines (named in the message) or raised in orbax's code are dropped.
+  """
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    if not message.startswith(("Future exception was never retrieved", "Task exception was")):
+      return True
+    if f"{os.sep}orbax{os.sep}" in message:  # A task's repr names its coroutine's file.
+      return False
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+      if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        return False
+      tb = tb.tb_next
+    return True
+
+
+_asyncio_logger = std_logging.getLogger("asyncio")
+if not any(isinstance(f, _OrbaxUnretrieved) for f in _asyncio_logger.filters):
+  _asyncio_logger.addFilter(_OrbaxUnretrieved())
+
+
 def disk_full(error: BaseException) -> bool:
   """Whether `error` (or what caused it) is a full disk or quota (orbax's RESOURCE_EXHAUSTED, ENOSPC)."""
   while error is not None:
